@@ -1,0 +1,3 @@
+from repalign.cli.main import app
+
+app()

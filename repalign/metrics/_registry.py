@@ -1,0 +1,112 @@
+"""Registry of metrics: each registers its maths and what is known about it.
+
+The CLI, ``pairwise`` and the property tests enumerate this registry, so a new
+metric is tested for its declared bounds and invariances the moment it is
+registered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Invariance = Literal["orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What the rest of repalign needs to know about one metric.
+
+    ``prepare`` turns one validated, compute-dtype layer ``(n, d)`` into
+    reusable state (a centered Gram matrix, an orthonormal basis, a kNN index
+    set ...); ``combine`` turns two states into the score. ``pairwise`` calls
+    ``prepare`` once per layer and ``combine`` once per pair.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    bounds: tuple[float, float]
+    higher_is_more_similar: bool
+    symmetric: bool
+    invariances: frozenset[str]
+    reference: str
+    min_rows: int = 2
+    prepare: Callable[..., Any] | None = None
+    combine: Callable[..., torch.Tensor] | None = None
+    options: tuple[str, ...] = field(default=())
+
+    @property
+    def kind(self) -> str:
+        return "similarity" if self.higher_is_more_similar else "distance"
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(self.options) - {"dtype"})
+        if unknown:
+            accepted = ", ".join(self.options) or "none"
+            raise TypeError(f"metric {self.name!r} takes no option(s) {unknown}; it accepts: {accepted}")
+
+
+_METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(
+    *,
+    bounds: tuple[float, float],
+    higher_is_more_similar: bool = True,
+    symmetric: bool = True,
+    invariances: tuple[str, ...] = (),
+    reference: str,
+    min_rows: int = 2,
+    prepare: Callable[..., Any] | None = None,
+    combine: Callable[..., torch.Tensor] | None = None,
+    name: str | None = None,
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator: register a metric function under its own name (or ``name``)."""
+
+    def decorate(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        key = name or fn.__name__
+        if key in _METRICS:
+            raise ValueError(f"metric {key!r} registered twice")
+        options = tuple(
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "dtype"
+        )
+        _METRICS[key] = MetricSpec(
+            name=key,
+            fn=fn,
+            bounds=bounds,
+            higher_is_more_similar=higher_is_more_similar,
+            symmetric=symmetric,
+            invariances=frozenset(invariances),
+            reference=reference,
+            min_rows=min_rows,
+            prepare=prepare,
+            combine=combine,
+            options=options,
+        )
+        return fn
+
+    return decorate
+
+
+def list_metrics() -> list[str]:
+    """Names of all registered metrics, sorted."""
+    return sorted(_METRICS)
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The :class:`MetricSpec` registered as ``name``; a 'did you mean' error otherwise."""
+    try:
+        return _METRICS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_METRICS), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"unknown metric {name!r}.{hint} Available: {', '.join(list_metrics())}"
+        ) from None

@@ -1,0 +1,1 @@
+"""Feature and score files (netCDF via xarray) and their plots."""

@@ -1,0 +1,54 @@
+"""Names shared by every file repalign writes: dimensions, coordinates, attributes.
+
+Feature files (one per model x dataset x pooling):
+  dims       ``sample`` (unlimited) and one width dim per layer, ``feature_dim(layer)``
+             (plus ``token_dim(layer)`` for ``tokens`` pooling)
+  coords     ``sample_id`` (string, along ``sample``)
+  data vars  one float32 variable per layer, named by its canonical layer name
+             (``text.layer.5``), attrs in ``LAYER_ATTRS``
+  attrs      ``GLOBAL_FEATURE_ATTRS``; ``complete`` is 1 only once every sample is written
+
+Score files:
+  dims       ``metric``, ``layer_a``, ``layer_b``
+  coords     ``layer_a``/``layer_b`` (names), ``stream_a``/``stream_b``,
+             ``depth_a``/``depth_b`` (relative depth in [0, 1])
+  data vars  ``score`` and optionally ``ci_low``, ``ci_high``, ``pvalue``, ``null_mean``
+"""
+
+from __future__ import annotations
+
+SAMPLE_DIM = "sample"
+SAMPLE_ID = "sample_id"
+STREAMS = ("text", "vision", "fused")
+
+# attrs every layer variable carries
+LAYER_ATTRS = ("module_path", "stream", "depth", "relative_depth", "pooling")
+
+# global attrs of a feature file
+GLOBAL_FEATURE_ATTRS = (
+    "repalign_version",
+    "created",
+    "model",
+    "checkpoint",
+    "checkpoint_sha256",
+    "dataset",
+    "pooling",
+    "compute_dtype",
+    "config_json",
+    "versions_json",
+    "complete",
+)
+
+SCORE_VARS = ("score", "ci_low", "ci_high", "pvalue", "null_mean")
+METRIC_DIM = "metric"
+LAYER_A, LAYER_B = "layer_a", "layer_b"
+
+
+def feature_dim(layer: str) -> str:
+    """Name of the width dimension of ``layer``'s variable."""
+    return f"{layer}.dim"
+
+
+def token_dim(layer: str) -> str:
+    """Name of the token dimension of ``layer``'s variable under ``tokens`` pooling."""
+    return f"{layer}.token"
