@@ -1,0 +1,6 @@
+"""Model adapters: load a model, list its layers, turn samples into inputs."""
+
+from repalign.models._registry import get_adapter, list_adapters, register_adapter
+from repalign.models.base import Adapter, LayerInfo
+
+__all__ = ["Adapter", "LayerInfo", "get_adapter", "list_adapters", "register_adapter"]
