@@ -39,7 +39,9 @@ def check_compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def check_matrix(a: Any, name: str, *, dtype: torch.dtype = torch.float64, check_finite: bool = True) -> torch.Tensor:
+def check_matrix(
+    a: Any, name: str, *, dtype: torch.dtype = torch.float64, check_finite: bool = True
+) -> torch.Tensor:
     """Validate one ``(n, d)`` input and cast it to the compute ``dtype``."""
     t = as_tensor(a, name)
     if t.is_complex():
@@ -56,13 +58,17 @@ def check_matrix(a: Any, name: str, *, dtype: torch.dtype = torch.float64, check
             if t.ndim > 2
             else " Use x.reshape(-1, 1) for a single feature."
         )
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}.{hint}")
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}.{hint}"
+        )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     t = t.to(dtype=check_compute_dtype(dtype))
     if check_finite and not bool(torch.isfinite(t).all()):
         n_bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s); clean or drop those rows first")
+        raise ValueError(
+            f"{name} contains {n_bad} NaN or Inf value(s); clean or drop those rows first"
+        )
     return t
 
 
@@ -73,8 +79,13 @@ def check_pair(
     dtype: torch.dtype = torch.float64,
     min_rows: int = 2,
     why: str = "",
+    nonconstant: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a pair of representations of the same ``n`` stimuli."""
+    """Validate a pair of representations of the same ``n`` stimuli.
+
+    ``nonconstant`` rejects inputs whose every column is constant across
+    samples, for which similarity metrics are undefined.
+    """
     tx, ty = as_tensor(x, "x"), as_tensor(y, "y")
     if tx.device != ty.device:
         raise ValueError(
@@ -88,6 +99,9 @@ def check_pair(
             "in the same order in both"
         )
     check_rows(tx.shape[0], min_rows, why)
+    if nonconstant:
+        require_variance(tx, "x")
+        require_variance(ty, "y")
     return tx, ty
 
 
@@ -110,10 +124,9 @@ def center(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(dim=0, keepdim=True)
 
 
-def require_variance(xc: torch.Tensor, name: str) -> None:
-    """Raise if a centered input has (numerically) zero variance."""
-    scale = xc.abs().max()
-    if float(scale) == 0.0:
+def require_variance(x: torch.Tensor, name: str) -> None:
+    """Raise if every column of ``x`` is constant across samples (zero variance)."""
+    if bool((x == x[:1]).all()):
         raise ValueError(
             f"{name} is constant across samples (zero variance after centering); "
             "a similarity to a constant representation is undefined"

@@ -12,9 +12,7 @@ import logging
 
 import typer
 
-VERB_MODULES: tuple[str, ...] = (
-    "repalign.cli.metrics_cmd",
-)
+VERB_MODULES: tuple[str, ...] = ("repalign.cli.metrics_cmd",)
 
 app = typer.Typer(
     name="repalign",
@@ -26,7 +24,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

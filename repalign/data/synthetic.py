@@ -68,16 +68,20 @@ def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
     """
     while True:
         field_name = str(rng.choice(["colour_a", "shape_a", "relation", "colour_b", "shape_b"]))
-        pool = {"colour_a": list(COLOURS), "colour_b": list(COLOURS), "relation": list(RELATIONS)}.get(
-            field_name, list(SHAPES)
-        )
+        pool = {
+            "colour_a": list(COLOURS),
+            "colour_b": list(COLOURS),
+            "relation": list(RELATIONS),
+        }.get(field_name, list(SHAPES))
         options = [v for v in pool if v != getattr(scene, field_name)]
         negative = replace(scene, **{field_name: str(rng.choice(options))})
         if (negative.colour_a, negative.shape_a) != (negative.colour_b, negative.shape_b):
             return negative
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], radius: float, colour) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], radius: float, colour
+) -> None:
     x, y = centre
     box = (x - radius, y - radius, x + radius, y + radius)
     if shape == "circle":
@@ -85,7 +89,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, floa
     elif shape == "square":
         draw.rectangle(box, fill=colour)
     else:
-        draw.polygon([(x, y - radius), (x - radius, y + radius), (x + radius, y + radius)], fill=colour)
+        draw.polygon(
+            [(x, y - radius), (x - radius, y + radius), (x + radius, y + radius)], fill=colour
+        )
 
 
 def render_scene(scene: Scene, rng: np.random.Generator, image_size: int = 64) -> Image.Image:

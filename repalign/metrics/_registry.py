@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import torch
 
-Invariance = Literal["orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"]
+Invariance = Literal[
+    "orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"
+]
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,9 @@ class MetricSpec:
     ``prepare`` turns one validated, compute-dtype layer ``(n, d)`` into
     reusable state (a centered Gram matrix, an orthonormal basis, a kNN index
     set ...); ``combine`` turns two states into the score. ``pairwise`` calls
-    ``prepare`` once per layer and ``combine`` once per pair.
+    ``prepare`` once per layer and ``combine`` once per pair, or, where the
+    metric provides it, ``grid(states_x, states_y, same=...)`` once for the
+    whole grid (one large matrix product instead of many small ones).
     """
 
     name: str
@@ -38,6 +42,7 @@ class MetricSpec:
     min_rows: int = 2
     prepare: Callable[..., Any] | None = None
     combine: Callable[..., torch.Tensor] | None = None
+    grid: Callable[..., torch.Tensor] | None = None
     options: tuple[str, ...] = field(default=())
 
     @property
@@ -48,7 +53,9 @@ class MetricSpec:
         unknown = sorted(set(options) - set(self.options) - {"dtype"})
         if unknown:
             accepted = ", ".join(self.options) or "none"
-            raise TypeError(f"metric {self.name!r} takes no option(s) {unknown}; it accepts: {accepted}")
+            raise TypeError(
+                f"metric {self.name!r} takes no option(s) {unknown}; it accepts: {accepted}"
+            )
 
 
 _METRICS: dict[str, MetricSpec] = {}
@@ -64,6 +71,7 @@ def register_metric(
     min_rows: int = 2,
     prepare: Callable[..., Any] | None = None,
     combine: Callable[..., torch.Tensor] | None = None,
+    grid: Callable[..., torch.Tensor] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register a metric function under its own name (or ``name``)."""
@@ -88,6 +96,7 @@ def register_metric(
             min_rows=min_rows,
             prepare=prepare,
             combine=combine,
+            grid=grid,
             options=options,
         )
         return fn

@@ -1,0 +1,108 @@
+"""Linear CKA and CCA over batches of rows, for ``n`` that does not fit in memory.
+
+Both accumulate the second moments ``XᵀX``, ``YᵀY``, ``XᵀY`` and the column
+sums of the rows seen so far (memory O((d1 + d2)²), independent of n). To
+avoid catastrophic cancellation when the means are large, rows are shifted by
+the mean of the first batch before accumulating; centering is exact under any
+shift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from repalign._numerics import check_compute_dtype, check_pair, scalar_like
+
+
+class _MomentAccumulator:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = check_compute_dtype(dtype)
+        self.n = 0
+        self._shift_x: torch.Tensor | None = None
+
+    def update(self, x_batch: Any, y_batch: Any) -> _MomentAccumulator:
+        """Add a batch of rows (the same stimuli in the same order in both)."""
+        x, y = check_pair(x_batch, y_batch, dtype=self.dtype, min_rows=1, nonconstant=False)
+        if self._shift_x is None:
+            self._shift_x, self._shift_y = x.mean(0), y.mean(0)
+            d1, d2 = x.shape[1], y.shape[1]
+            self.sx, self.sy = x.new_zeros(d1), y.new_zeros(d2)
+            self.xx, self.yy, self.xy = (
+                x.new_zeros(d1, d1),
+                y.new_zeros(d2, d2),
+                x.new_zeros(d1, d2),
+            )
+        elif x.shape[1] != self.sx.shape[0] or y.shape[1] != self.sy.shape[0]:
+            raise ValueError(
+                f"batch widths ({x.shape[1]}, {y.shape[1]}) differ from the first batch's "
+                f"({self.sx.shape[0]}, {self.sy.shape[0]})"
+            )
+        elif x.device != self.sx.device:
+            raise ValueError(f"batch is on {x.device}, earlier batches on {self.sx.device}")
+        x, y = x - self._shift_x, y - self._shift_y
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.xx += x.T @ x
+        self.yy += y.T @ y
+        self.xy += x.T @ y
+        return self
+
+    def centered_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """XcᵀXc, YcᵀYc, XcᵀYc of all rows seen, centered on their overall mean."""
+        if self.n < 2:
+            raise ValueError(f"need at least 2 rows before compute(), got {self.n}")
+        mx, my = self.sx / self.n, self.sy / self.n
+        cxx = self.xx - self.n * torch.outer(mx, mx)
+        cyy = self.yy - self.n * torch.outer(my, my)
+        cxy = self.xy - self.n * torch.outer(mx, my)
+        for name, c in (("x", cxx), ("y", cyy)):
+            if float(torch.diagonal(c).max()) <= 0:
+                raise ValueError(f"{name} is constant across all rows seen (zero variance)")
+        return cxx, cyy, cxy
+
+
+class StreamingCKA(_MomentAccumulator):
+    """Biased linear CKA, ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F), accumulated batch by batch.
+
+    >>> acc = StreamingCKA()
+    >>> for xb, yb in batches: acc.update(xb, yb)
+    >>> acc.compute()  # equals cka(x, y) on the concatenated rows
+    """
+
+    def __init__(self, *, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__(dtype)
+
+    def compute(self) -> torch.Tensor:
+        cxx, cyy, cxy = self.centered_moments()
+        return (cxy * cxy).sum() / torch.sqrt((cxx * cxx).sum() * (cyy * cyy).sum())
+
+
+class StreamingCCA(_MomentAccumulator):
+    """Mean canonical correlation from accumulated covariances.
+
+    ρ_i are the singular values of Cxx^{-1/2} Cxy Cyy^{-1/2}, with the inverse
+    square roots taken on the eigenvalues above NumPy's rank tolerance, so
+    rank-deficient inputs give the same result as :func:`repalign.metrics.cca`.
+    """
+
+    def __init__(self, *, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__(dtype)
+
+    @staticmethod
+    def _inv_sqrt(c: torch.Tensor) -> torch.Tensor:
+        evals, evecs = torch.linalg.eigh(c)
+        # rank tolerance on singular values s = sqrt(eigenvalue), as numpy.linalg.matrix_rank
+        s = evals.clamp(min=0).sqrt()
+        keep = s > s.max() * max(c.shape[0], 2) * torch.finfo(c.dtype).eps
+        v = evecs[:, keep]
+        return v / s[keep]  # (d, r): whitening map onto the kept eigenvectors
+
+    def compute(self) -> torch.Tensor:
+        cxx, cyy, cxy = self.centered_moments()
+        wx, wy = self._inv_sqrt(cxx), self._inv_sqrt(cyy)
+        rho = torch.linalg.svdvals(wx.T @ cxy @ wy).clamp(max=1.0)
+        r = min(wx.shape[1], wy.shape[1])
+        return rho[:r].mean() if r else scalar_like(0.0, cxy)
