@@ -1,0 +1,271 @@
+"""Score files: ``score(metric, layer_a, layer_b)`` as an xarray Dataset stored in netCDF.
+
+Layout (names from :mod:`repalign.store.schema`)::
+
+    dims       metric, layer_a, layer_b
+    coords     metric (label, e.g. "cka" or "cka[unbiased=true]")
+               metric_name, metric_params (JSON), bound_low, bound_high,
+               higher_is_more_similar (0/1)                      along metric
+               layer_a, stream_a, depth_a (relative depth)       along layer_a
+               layer_b, stream_b, depth_b                        along layer_b
+    data vars  score, and optionally pvalue, null_mean, null_std, ci_low, ci_high
+               (NaN where a statistic was not computed for that metric)
+    attrs      provenance: repalign_version, created, seed, n_samples,
+               sample_ids_sha256, feature_files (JSON), feature_files_sha256 (JSON),
+               config_json, versions_json
+
+Only strings and numbers are stored (no pickles), so any netCDF reader opens
+the file; ``open_scores(path).sel(metric="cka").score.plot()`` works in a notebook.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from repalign.store.schema import LAYER_A, LAYER_B, METRIC_DIM
+
+log = logging.getLogger(__name__)
+
+#: statistics a score file may carry next to ``score``
+STAT_VARS = ("pvalue", "null_mean", "null_std", "ci_low", "ci_high")
+SCORE_DIMS = (METRIC_DIM, LAYER_A, LAYER_B)
+
+
+@dataclass(frozen=True)
+class LayerAxis:
+    """One side of the grid: layer names with their stream and relative depth."""
+
+    names: tuple[str, ...]
+    streams: tuple[str, ...]
+    depths: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.names) == len(self.streams) == len(self.depths)):
+            raise ValueError(
+                f"layer axis lengths differ: {len(self.names)} names, "
+                f"{len(self.streams)} streams, {len(self.depths)} depths"
+            )
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"layer names must be unique, got {list(self.names)}")
+
+
+@dataclass
+class MetricScores:
+    """Scores of one metric (with one set of options) over the grid.
+
+    ``score`` and every statistic are ``(len(layers_a), len(layers_b))`` arrays;
+    a statistic that was not computed is ``None`` (stored as NaN).
+    """
+
+    label: str
+    name: str
+    params: Mapping[str, Any]
+    bounds: tuple[float, float]
+    higher_is_more_similar: bool
+    score: np.ndarray
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def metric_label(name: str, params: Mapping[str, Any]) -> str:
+    """Coordinate label of a metric run: its name, plus any options in brackets.
+
+    ``metric_label("cka", {})`` is ``"cka"``; ``metric_label("cka", {"unbiased": True})``
+    is ``"cka[unbiased=true]"``, so both can live in one file.
+    """
+    if not params:
+        return name
+    inner = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()))
+    return f"{name}[{inner}]"
+
+
+def scores_dataset(
+    layers_a: LayerAxis,
+    layers_b: LayerAxis,
+    metrics: Sequence[MetricScores],
+    attrs: Mapping[str, str | int | float] | None = None,
+) -> xr.Dataset:
+    """Assemble the score Dataset from per-metric grids and provenance ``attrs``."""
+    if not metrics:
+        raise ValueError("no metrics to store; pass at least one MetricScores")
+    labels = [m.label for m in metrics]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"metric labels must be unique, got {labels}")
+    shape = (len(layers_a.names), len(layers_b.names))
+    for m in metrics:
+        for key, arr in [("score", m.score), *m.stats.items()]:
+            if np.shape(arr) != shape:
+                raise ValueError(
+                    f"{m.label}: {key} has shape {np.shape(arr)}, expected {shape} "
+                    "(layers_a x layers_b)"
+                )
+        unknown = set(m.stats) - set(STAT_VARS)
+        if unknown:
+            raise ValueError(f"{m.label}: unknown statistics {sorted(unknown)}; use {STAT_VARS}")
+
+    def stack(key: str) -> np.ndarray:
+        return np.stack(
+            [
+                np.asarray(m.score if key == "score" else m.stats.get(key, np.nan), dtype=float)
+                * np.ones(shape)
+                for m in metrics
+            ]
+        )
+
+    present = [k for k in STAT_VARS if any(k in m.stats for m in metrics)]
+    data_vars = {key: (SCORE_DIMS, stack(key)) for key in ("score", *present)}
+    coords = {
+        METRIC_DIM: np.array(labels, dtype=str),
+        "metric_name": (METRIC_DIM, np.array([m.name for m in metrics], dtype=str)),
+        "metric_params": (
+            METRIC_DIM,
+            np.array([json.dumps(dict(m.params), sort_keys=True) for m in metrics], dtype=str),
+        ),
+        "bound_low": (METRIC_DIM, np.array([m.bounds[0] for m in metrics], dtype=float)),
+        "bound_high": (METRIC_DIM, np.array([m.bounds[1] for m in metrics], dtype=float)),
+        "higher_is_more_similar": (
+            METRIC_DIM,
+            np.array([int(m.higher_is_more_similar) for m in metrics], dtype=np.int8),
+        ),
+        LAYER_A: np.array(layers_a.names, dtype=str),
+        "stream_a": (LAYER_A, np.array(layers_a.streams, dtype=str)),
+        "depth_a": (LAYER_A, np.array(layers_a.depths, dtype=float)),
+        LAYER_B: np.array(layers_b.names, dtype=str),
+        "stream_b": (LAYER_B, np.array(layers_b.streams, dtype=str)),
+        "depth_b": (LAYER_B, np.array(layers_b.depths, dtype=float)),
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
+    ds["score"].attrs["long_name"] = "alignment score"
+    for key, text in {
+        "pvalue": "permutation p-value (Phipson & Smyth 2010)",
+        "null_mean": "mean of the permutation null",
+        "null_std": "standard deviation of the permutation null",
+        "ci_low": "bootstrap percentile interval, lower end",
+        "ci_high": "bootstrap percentile interval, upper end",
+    }.items():
+        if key in ds:
+            ds[key].attrs["long_name"] = text
+    _check_attrs(ds.attrs)
+    return ds
+
+
+def _check_attrs(attrs: Mapping[str, Any]) -> None:
+    for key, value in attrs.items():
+        if not isinstance(value, (str, int, float, np.integer, np.floating)) or isinstance(
+            value, bool
+        ):
+            raise TypeError(
+                f"attribute {key!r} is a {type(value).__name__}; netCDF attributes hold only "
+                "strings and numbers (encode structures as JSON)"
+            )
+
+
+def write_scores(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write ``ds`` to netCDF4 at ``path`` atomically (a temporary file, then a rename).
+
+    An interrupted write never leaves a truncated score file behind.
+    """
+    path = Path(path)
+    _check_attrs(ds.attrs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("wrote scores to %s", path)
+    return path
+
+
+def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+        if not matches:
+            raise FileNotFoundError(f"no score files match {text!r}")
+        out.extend(Path(m) for m in matches)
+    for p in out:
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"score file {p} does not exist; write it with `repalign compare`"
+            )
+    return out
+
+
+def _load_one(path: Path) -> xr.Dataset:
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        ds = ds.load()
+    if "score" not in ds or set(ds["score"].dims) != set(SCORE_DIMS):
+        raise ValueError(
+            f"{path} is not a repalign score file: it needs a variable 'score' over "
+            f"{SCORE_DIMS}; feature files go to `repalign compare`, not `repalign plot`"
+        )
+    return ds
+
+
+def open_scores(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> xr.Dataset:
+    """Open one score file, or merge several (a list or a glob) into one Dataset.
+
+    The data are loaded into memory and the file is closed, so it can be
+    overwritten afterwards.
+    """
+    files = _expand(paths)
+    datasets = [_load_one(p) for p in files]
+    return datasets[0] if len(datasets) == 1 else merge_scores(datasets)
+
+
+def merge_scores(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
+    """Merge score Datasets from several compare runs into one.
+
+    Metrics and layers are outer-joined (missing cells are NaN); a cell present
+    in two runs must hold the same value, otherwise xarray raises a
+    ``MergeError``. The provenance of every run is kept as a JSON list in the
+    ``runs_json`` attribute; the other attributes are those of the first run.
+    """
+    if not datasets:
+        raise ValueError("nothing to merge")
+    runs: list[dict[str, Any]] = []
+    for ds in datasets:
+        runs.extend(json.loads(ds.attrs["runs_json"]) if "runs_json" in ds.attrs else [ds.attrs])
+    merged = xr.merge(
+        [ds.drop_attrs() if hasattr(ds, "drop_attrs") else _no_attrs(ds) for ds in datasets],
+        join="outer",
+        compat="no_conflicts",
+        combine_attrs="drop",
+    )
+    merged.attrs = dict(datasets[0].attrs)
+    merged.attrs.pop("runs_json", None)
+    merged.attrs["runs_json"] = json.dumps([dict(r) for r in runs], default=_jsonable)
+    for var in merged.data_vars:
+        for ds in datasets:
+            if var in ds:
+                merged[var].attrs = dict(ds[var].attrs)
+                break
+    return merged
+
+
+def _no_attrs(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    ds.attrs = {}
+    return ds
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

@@ -1,0 +1,140 @@
+"""The score store: building, netCDF round trip, merging runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from repalign.store.scores import (
+    LayerAxis,
+    MetricScores,
+    merge_scores,
+    metric_label,
+    open_scores,
+    scores_dataset,
+    write_scores,
+)
+
+A = LayerAxis(("t.0", "t.1", "t.2"), ("text",) * 3, (0.0, 0.5, 1.0))
+B = LayerAxis(("v.0", "v.1"), ("vision",) * 2, (0.0, 1.0))
+
+
+def _metric(label: str = "cka", seed: int = 0, stats: bool = True, **params) -> MetricScores:
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(size=(3, 2))
+    extra = {}
+    if stats:
+        extra = {
+            "pvalue": rng.uniform(size=(3, 2)),
+            "null_mean": score / 10,
+            "ci_low": score - 0.1,
+            "ci_high": score + 0.1,
+        }
+    return MetricScores(
+        label=label,
+        name=label.split("[")[0],
+        params=params,
+        bounds=(0.0, 1.0),
+        higher_is_more_similar=True,
+        score=score,
+        stats=extra,
+    )
+
+
+def _attrs(**extra) -> dict:
+    return {"repalign_version": "0.1.0", "seed": 0, "n_samples": 64, **extra}
+
+
+def test_dataset_layout():
+    ds = scores_dataset(A, B, [_metric(), _metric("mutual_knn", 1, stats=False)], _attrs())
+    assert ds.score.dims == ("metric", "layer_a", "layer_b")
+    assert list(ds.metric.values) == ["cka", "mutual_knn"]
+    assert list(ds.stream_a.values) == ["text"] * 3
+    assert ds.depth_b.values.tolist() == [0.0, 1.0]
+    # a metric without statistics is NaN there, never zero
+    assert np.isnan(ds.pvalue.sel(metric="mutual_knn")).all()
+    assert np.isfinite(ds.pvalue.sel(metric="cka")).all()
+    assert json.loads(str(ds.metric_params.sel(metric="cka").item())) == {}
+
+
+def test_metric_label_distinguishes_options():
+    assert metric_label("cka", {}) == "cka"
+    assert metric_label("cka", {"unbiased": True}) == "cka[unbiased=true]"
+    assert metric_label("mutual_knn", {"k": 10}) == "mutual_knn[k=10]"
+
+
+def test_netcdf_round_trip_is_identical(tmp_path):
+    ds = scores_dataset(
+        A,
+        B,
+        [_metric(), _metric("cka[unbiased=true]", 2, unbiased=True)],
+        _attrs(config_json=json.dumps({"metrics": ["cka"]})),
+    )
+    path = write_scores(ds, tmp_path / "sub" / "scores.nc")
+    back = open_scores(path)
+    xr.testing.assert_identical(back, ds)
+    assert not list(tmp_path.glob("sub/.*partial"))
+
+
+def test_sel_by_metric_plots_in_a_notebook(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ds = scores_dataset(A, B, [_metric()], _attrs())
+    back = open_scores(write_scores(ds, tmp_path / "s.nc"))
+    back.sel(metric="cka").score.plot()
+
+
+def test_shape_mismatch_is_refused():
+    bad = _metric()
+    bad.score = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"expected \(3, 2\)"):
+        scores_dataset(A, B, [bad])
+
+
+def test_non_netcdf_attrs_are_refused():
+    with pytest.raises(TypeError, match="JSON"):
+        scores_dataset(A, B, [_metric()], {"files": ["a.nc"]})
+
+
+def test_duplicate_layers_refused():
+    with pytest.raises(ValueError, match="unique"):
+        LayerAxis(("a", "a"), ("text", "text"), (0.0, 1.0))
+
+
+def test_merge_two_runs(tmp_path):
+    one = scores_dataset(A, B, [_metric("cka")], _attrs(seed=1))
+    two = scores_dataset(A, B, [_metric("mutual_knn", 3, stats=False)], _attrs(seed=2))
+    write_scores(one, tmp_path / "run1.nc")
+    write_scores(two, tmp_path / "run2.nc")
+    merged = open_scores(tmp_path / "run*.nc")
+    assert sorted(merged.metric.values.tolist()) == ["cka", "mutual_knn"]
+    np.testing.assert_allclose(merged.score.sel(metric="cka"), one.score.sel(metric="cka"))
+    np.testing.assert_allclose(
+        merged.score.sel(metric="mutual_knn"), two.score.sel(metric="mutual_knn")
+    )
+    assert str(merged.metric_name.sel(metric="mutual_knn").item()) == "mutual_knn"
+    runs = json.loads(merged.attrs["runs_json"])
+    assert [r["seed"] for r in runs] == [1, 2]
+    # plain xarray works too
+    assert xr.merge(
+        [one, two], join="outer", compat="no_conflicts", combine_attrs="drop"
+    ).score.shape == (2, 3, 2)
+
+
+def test_merge_conflicting_values_raises():
+    one = scores_dataset(A, B, [_metric("cka", 0)])
+    two = scores_dataset(A, B, [_metric("cka", 5)])
+    with pytest.raises(xr.MergeError):
+        merge_scores([one, two])
+
+
+def test_open_missing_or_foreign_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="repalign compare"):
+        open_scores(tmp_path / "nope.nc")
+    xr.Dataset({"x": ("sample", np.arange(3.0))}).to_netcdf(tmp_path / "feat.nc")
+    with pytest.raises(ValueError, match="not a repalign score file"):
+        open_scores(tmp_path / "feat.nc")
