@@ -150,7 +150,7 @@ def _pwcca_combine(a: CCAState, b: CCAState, **_: object) -> torch.Tensor:
 
 @register_metric(
     bounds=(0.0, 1.0),
-    invariances=("isotropic_scaling", "translation"),
+    invariances=("isotropic_scaling", "translation", "permutation"),
     reference="Morcos, Raghu, Bengio 2018, Insights on representational similarity in neural networks with canonical correlation, NeurIPS",
     prepare=_cca_prepare,
     combine=_pwcca_combine,

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repalign.metrics import StreamingCCA, StreamingCKA, cca, cka
+from tests.metrics._data import related_pair
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 500])
+@pytest.mark.parametrize("acc_cls,fn", [(StreamingCKA, cka), (StreamingCCA, cca)])
+def test_streaming_equals_in_memory(acc_cls, fn, batch):
+    x, y = related_pair(300, 12, 9)
+    x = x + 1e4  # large offsets: naive second moments would cancel catastrophically
+    acc = acc_cls()
+    for start in range(0, x.shape[0], batch):
+        acc.update(x[start : start + batch], y[start : start + batch])
+    assert float(acc.compute()) == pytest.approx(float(fn(x, y)), abs=1e-9)
+
+
+def test_streaming_cca_rank_deficient():
+    x, y = related_pair(200, 6, 5)
+    x = torch.cat([x, x[:, :2]], dim=1)
+    acc = StreamingCCA()
+    for start in range(0, 200, 50):
+        acc.update(x[start : start + 50], y[start : start + 50])
+    assert float(acc.compute()) == pytest.approx(float(cca(x, y)), abs=1e-8)
+
+
+def test_streaming_errors():
+    acc = StreamingCKA()
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        acc.compute()
+    x, y = related_pair(20, 4, 3)
+    acc.update(x[:10], y[:10])
+    with pytest.raises(ValueError, match="widths"):
+        acc.update(x[10:, :3], y[10:])
+    with pytest.raises(ValueError, match="rows"):
+        acc.update(x[10:], y[11:])
+    const = StreamingCKA().update(torch.ones(5, 3, dtype=torch.float64), y[:5])
+    with pytest.raises(ValueError, match="constant"):
+        const.compute()
+
+
+def test_streaming_on_device(device):
+    x, y = related_pair(100, 5, 4)
+    acc = StreamingCKA().update(x.to(device), y.to(device))
+    out = acc.compute()
+    assert out.device.type == device.type
+    assert float(out) == pytest.approx(float(cka(x, y)), abs=1e-10)
