@@ -52,3 +52,10 @@ def feature_dim(layer: str) -> str:
 def token_dim(layer: str) -> str:
     """Name of the token dimension of ``layer``'s variable under ``tokens`` pooling."""
     return f"{layer}.token"
+
+# progress attrs of a feature file, updated after every appended batch (resume reads them)
+N_WRITTEN = "n_written"  # rows whose every variable is written; rows past it are ignored
+NEXT_INDEX = "next_index"  # dataset positions consumed so far (written + skipped at load time)
+N_TOTAL = "n_total"  # dataset positions the run covers (len(dataset), or --limit)
+SKIPPED_JSON = "skipped_json"  # JSON list of [sample_id, reason] for samples that could not be read
+PROGRESS_FEATURE_ATTRS = (N_WRITTEN, NEXT_INDEX, N_TOTAL, SKIPPED_JSON)

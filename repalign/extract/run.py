@@ -1,0 +1,379 @@
+"""The extraction runner: dataset -> adapter -> hooks -> background writer -> feature file.
+
+:func:`extract` loops over a dataset in batches under ``torch.no_grad()`` with the
+model in ``eval()`` mode, pools the selected layers inside forward hooks, and
+streams the pooled features to a netCDF file from a background thread while the
+next batch is loaded (a prefetch thread) and run. Each batch is committed to disk
+as soon as it is written, so an interrupted run (Ctrl-C, a killed process) loses at
+most the batches in flight, and ``resume=True`` continues from the last committed
+batch to the same file an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repalign.data.base import Sample, SampleDataset
+from repalign.data.captions import UnreadableImage
+from repalign.extract.hooks import record, select_layers
+from repalign.extract.pooling import check_pooling
+from repalign.extract.writer import AsyncWriter
+from repalign.models.base import Adapter, LayerInfo
+from repalign.store import schema
+from repalign.store.features import FeatureFile
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# attrs that must agree between a partial file and the run resuming it
+_RESUME_KEYS = ("model", "checkpoint_sha256", "dataset", "pooling", "compute_dtype", schema.N_TOTAL)
+
+
+@dataclass
+class ExtractConfig:
+    """Everything about a run except the model and the data."""
+
+    layers: list[str] | None = None  # names, globs or re:REGEX; None = all
+    pool: str = "mean"
+    dtype: str = "float32"
+    batch_size: int = 32
+    device: str = "cpu"
+    limit: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    stop_early: bool = True
+    progress: bool = True
+    dataset_name: str = ""
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    layers: list[str]
+    n_written: int
+    n_total: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    complete: bool = False
+
+
+def check_output(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to touch an existing output unless told how (call before loading a model)."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: pick one")
+    if out.exists() and not (resume or overwrite):
+        raise FileExistsError(
+            f"{out} already exists; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    if out.exists() and out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as features.nc")
+    if not out.parent.exists():
+        raise FileNotFoundError(
+            f"the folder of --out ({out.parent}) does not exist; create it first"
+        )
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    import netCDF4
+    import xarray
+
+    import repalign
+
+    versions = {
+        "python": platform.python_version(),
+        "repalign": repalign.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "xarray": xarray.__version__,
+        "netCDF4": netCDF4.__version__,
+    }
+    for name in ("transformers", "timm"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def _to_device(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            return obj.to(device=device, dtype=dtype, non_blocking=True)
+        return obj.to(device=device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class _Batch:
+    sample_ids: list[str]
+    inputs: dict[str, Any]
+    next_index: int  # dataset position after this batch
+    skipped: list[tuple[str, str]]  # samples that failed to load in this batch
+
+
+def _batches(
+    adapter: Adapter, dataset: SampleDataset, start: int, stop: int, batch_size: int
+) -> Iterator[_Batch]:
+    """Load and collate ``dataset[start:stop]`` in batches; unloadable samples are skipped."""
+    index = start
+    while index < stop:
+        samples: list[Sample] = []
+        skipped: list[tuple[str, str]] = []
+        end = min(index + batch_size, stop)
+        for i in range(index, end):
+            try:
+                samples.append(dataset[i])
+            except UnreadableImage as exc:
+                skipped.append((exc.sample_id, exc.reason))
+        index = end
+        inputs = adapter.collate(samples) if samples else {}
+        yield _Batch([s.sample_id for s in samples], inputs, index, skipped)
+
+
+class _Prefetcher:
+    """Runs a batch iterator in a thread, ``depth`` batches ahead of the consumer."""
+
+    def __init__(self, it: Iterator[_Batch], depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._fill, args=(it,), name="repalign-loader", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self, it: Iterator[_Batch]) -> None:
+        try:
+            for item in it:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:
+            self._queue.put(exc)
+            return
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[_Batch]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _check_resume(
+    file: FeatureFile, attrs: Mapping[str, Any], layers: Sequence[LayerInfo], dataset: SampleDataset
+) -> None:
+    old = file.attrs
+    diffs = [
+        f"{k}: file has {old.get(k)!r}, this run {attrs[k]!r}"
+        for k in _RESUME_KEYS
+        if str(old.get(k)) != str(attrs[k])
+    ]
+    want = [info.name for info in layers]
+    if sorted(file.layer_names) != sorted(want):
+        diffs.append(f"layers: file has {file.layer_names}, this run {want}")
+    if diffs:
+        raise ValueError(
+            f"cannot resume {file.path}: it was written by a different run ("
+            + "; ".join(diffs)
+            + "). Use --overwrite to start over, or another --out"
+        )
+    ids = file.sample_ids()
+    known = getattr(dataset, "sample_ids", None)
+    if ids and known is not None:
+        skipped_at_load = {s for s, _ in json.loads(old.get(schema.SKIPPED_JSON, "[]"))}
+        expected = [s for s in known[: int(old[schema.NEXT_INDEX])] if s not in skipped_at_load]
+        if expected != ids:
+            raise ValueError(
+                f"cannot resume {file.path}: its sample ids are not the start of this dataset "
+                "(the data file changed?). Use --overwrite to start over"
+            )
+
+
+def extract(
+    adapter: Adapter,
+    dataset: SampleDataset,
+    out: str | Path,
+    config: ExtractConfig | None = None,
+    **overrides: Any,
+) -> ExtractResult:
+    """Extract pooled features of ``config.layers`` for every sample of ``dataset`` into ``out``.
+
+    Keyword ``overrides`` replace fields of ``config`` (e.g. ``pool="cls"``).
+    """
+    cfg = ExtractConfig(**{**asdict(config or ExtractConfig()), **overrides})
+    how = check_pooling(cfg.pool)
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {cfg.batch_size}")
+    out = check_output(out, resume=cfg.resume, overwrite=cfg.overwrite)
+    available = adapter.layers()
+    layers = select_layers(available, cfg.layers)
+    if how == "tokens" and any(info.is_derived for info in layers):
+        derived = [info.name for info in layers if info.is_derived]
+        raise ValueError(
+            f"tokens pooling cannot produce derived layers {derived}; leave them out of --layers"
+        )
+    n_total = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+
+    prov = adapter.provenance()
+    run_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite", "progress")}
+    attrs: dict[str, Any] = {
+        "repalign_version": library_versions()["repalign"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": adapter.name,
+        "checkpoint": prov["checkpoint"],
+        "checkpoint_sha256": prov["checkpoint_sha256"],
+        "dataset": cfg.dataset_name,
+        "pooling": how,
+        "compute_dtype": cfg.dtype,
+        "config_json": json.dumps(
+            {"adapter": json.loads(prov["config_json"]), "run": run_cfg}, sort_keys=True
+        ),
+        "versions_json": json.dumps(library_versions(), sort_keys=True),
+        schema.N_TOTAL: n_total,
+    }
+
+    start = 0
+    skipped: list[tuple[str, str]] = [tuple(s) for s in dataset.skipped]  # type: ignore[misc]
+    file: FeatureFile | None = None
+    if cfg.resume and out.exists():
+        file = FeatureFile.append_to(out)
+        try:
+            _check_resume(file, attrs, layers, dataset)
+        except BaseException:
+            file.close()
+            raise
+        old = file.attrs
+        if int(old.get("complete", 0)) == 1:
+            file.close()
+            log.info(
+                "%s is already complete (%d samples); nothing to do",
+                out,
+                int(old[schema.N_WRITTEN]),
+            )
+            return ExtractResult(out, [i.name for i in layers], int(old[schema.N_WRITTEN]), n_total,
+                                 [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])], 0.0, True)  # fmt: skip
+        start = int(old[schema.NEXT_INDEX])
+        skipped = [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])]  # type: ignore[misc]
+        log.info(
+            "resuming %s at dataset position %d (%d samples written)", out, start, file.n_written
+        )
+    elif cfg.overwrite and out.exists():
+        out.unlink()
+
+    def open_new(example: Mapping[str, np.ndarray]) -> FeatureFile:
+        return FeatureFile.create(out, layers, example, pooling=how, attrs=attrs)
+
+    device = torch.device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    adapter.to(device, dtype)
+    adapter.model.eval()
+    writer = AsyncWriter(open_new, file=file)
+    loader = _Prefetcher(_batches(adapter, dataset, start, n_total, cfg.batch_size))
+    t0 = time.perf_counter()
+    finished = False
+    try:
+        with record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
+                torch.no_grad(), _progress(cfg.progress, n_total, start, out.name) as advance:  # fmt: skip
+            for batch in loader:
+                skipped += batch.skipped
+                progress = {
+                    schema.NEXT_INDEX: batch.next_index,
+                    schema.SKIPPED_JSON: json.dumps(skipped),
+                }
+                if batch.sample_ids:
+                    inputs = _to_device(batch.inputs, device, dtype)
+                    feats = rec.run(
+                        lambda inputs=inputs: adapter.forward(inputs),
+                        masks=adapter.token_masks(inputs),
+                    )
+                    writer.submit(batch.sample_ids, feats, progress)
+                elif writer.file is not None or file is not None:
+                    writer.submit([], {}, progress)
+                advance(batch.next_index)
+        finished = True
+    except KeyboardInterrupt:
+        log.warning("interrupted: finishing the batches already computed; continue with --resume")
+        raise
+    finally:
+        loader.close()
+        writer.close()
+        written_file = writer.file
+        n_written = written_file.n_written if written_file is not None else 0
+        if written_file is not None:
+            if finished:
+                written_file.mark_complete()
+            written_file.close()
+    seconds = time.perf_counter() - t0
+    if finished and written_file is None:
+        raise ValueError(
+            f"no sample could be read from {cfg.dataset_name or 'the dataset'}; nothing written"
+        )
+    if skipped:
+        log.warning("%d sample(s) skipped (unreadable images); their ids are in the file's %s",
+                    len(skipped), schema.SKIPPED_JSON)  # fmt: skip
+    return ExtractResult(
+        out, [i.name for i in layers], n_written, n_total, skipped, seconds, finished
+    )
+
+
+class _progress:
+    """A rich progress bar over dataset positions (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
+        self.enabled, self.total, self.start, self.label = enabled, total, start, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda position: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(TextColumn("extract {task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), transient=False)  # fmt: skip
+        self._bar.__enter__()
+        task = self._bar.add_task(self.label, total=self.total, completed=self.start)
+        return lambda position: self._bar.update(task, completed=position)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)

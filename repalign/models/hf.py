@@ -1,0 +1,134 @@
+"""``hf-text``: any transformers text encoder (BERT, MiniLM, RoBERTa, DistilBERT, ...).
+
+Layers: ``text.embeddings`` (depth 0) and ``text.layer.N`` (output of encoder block N,
+depth N+1), the same tensors as ``output_hidden_states`` ``hidden_states[0]`` and
+``hidden_states[N+1]``. Tokenisation uses the model's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from repalign.data.base import Sample
+from repalign.models._registry import register_adapter
+from repalign.models.base import Adapter, LayerInfo, config_json, sha256_of_path
+
+log = logging.getLogger(__name__)
+
+# Where the block list lives in common encoder families (first match wins).
+_BLOCK_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
+_EMBEDDING_PATHS = ("embeddings", "embed_tokens", "wte")
+
+
+def _find_submodule(model: nn.Module, candidates: Sequence[str]) -> str | None:
+    for path in candidates:
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            continue
+        return path
+    return None
+
+
+def text_layers(model: nn.Module, prefix: str = "") -> list[LayerInfo]:
+    """``text.embeddings`` + ``text.layer.N`` of a transformers encoder; ``prefix`` is
+    prepended to module paths (for models nested in a wrapper)."""
+    blocks_path = _find_submodule(model, _BLOCK_PATHS)
+    if blocks_path is None or not isinstance(model.get_submodule(blocks_path), nn.ModuleList):
+        raise ValueError(
+            f"cannot find the encoder blocks of {type(model).__name__} (looked for "
+            f"{', '.join(_BLOCK_PATHS)}); write an adapter for this architecture"
+        )
+    n = len(model.get_submodule(blocks_path))
+    layers = []
+    emb_path = _find_submodule(model, _EMBEDDING_PATHS)
+    if emb_path is not None:
+        layers.append(LayerInfo("text.embeddings", prefix + emb_path, "text", 0, 0.0))
+    layers += [
+        LayerInfo(f"text.layer.{i}", f"{prefix}{blocks_path}.{i}", "text", i + 1, (i + 1) / n)
+        for i in range(n)
+    ]
+    return layers
+
+
+def require_texts(samples: Sequence[Sample], who: str) -> list[str]:
+    texts = [s.text for s in samples]
+    missing = [s.sample_id for s, t in zip(samples, texts, strict=True) if t is None]
+    if missing:
+        raise ValueError(
+            f"{who} needs a caption for every sample; {len(missing)} have none "
+            f"(first: {missing[0]}). Use a dataset with text."
+        )
+    return texts  # type: ignore[return-value]
+
+
+@register_adapter
+class HFTextAdapter(Adapter):
+    """A transformers encoder and its tokenizer."""
+
+    name = "hf-text"
+    description = "any transformers text encoder (local directory or name); text.layer.N"
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, max_length: int = 128, source: str = ""
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.source = source
+        self._layers = text_layers(model)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        ckpt: str | None = None,
+        text_model: str | None = None,
+        vision_model: str | None = None,
+        max_length: int = 128,
+        **options: Any,
+    ) -> HFTextAdapter:
+        """Load from ``text_model`` (or ``ckpt``): a local directory or a transformers name."""
+        from transformers import AutoModel, AutoTokenizer
+
+        source = text_model or ckpt
+        if not source:
+            raise ValueError("hf-text needs --text-model PATH_OR_NAME (or --ckpt PATH)")
+        if vision_model:
+            log.warning("hf-text ignores --vision-model %s", vision_model)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModel.from_pretrained(source, **options)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot load a transformers model from {source!r}: {exc}. Pass a local "
+                "directory with config.json, weights and tokenizer files (there is no hub access)."
+            ) from None
+        return cls(model, tokenizer, max_length=max_length, source=str(source))
+
+    def layers(self) -> list[LayerInfo]:
+        return list(self._layers)
+
+    def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        enc = self.tokenizer(
+            require_texts(samples, self.name),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return dict(enc)
+
+    def provenance(self) -> dict[str, str]:
+        config = getattr(self.model, "config", None)
+        path = Path(self.source) if self.source else None
+        return {
+            "checkpoint": self.source,
+            "checkpoint_sha256": sha256_of_path(path) if path is not None else "",
+            "config_json": config_json(config),
+        }
