@@ -12,7 +12,7 @@ import logging
 
 import typer
 
-VERB_MODULES: tuple[str, ...] = ("repalign.cli.metrics_cmd",)
+VERB_MODULES: tuple[str, ...] = ("repalign.cli.metrics_cmd", "repalign.cli.extract_cmd")
 
 app = typer.Typer(
     name="repalign",

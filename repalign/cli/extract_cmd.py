@@ -1,0 +1,242 @@
+"""``repalign models``, ``layers``, ``extract`` and ``info``: adapters, layers, feature files.
+
+This module only parses options, builds objects and calls the library
+(:mod:`repalign.models`, :mod:`repalign.data.loading`, :mod:`repalign.extract.run`,
+:mod:`repalign.store.features`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are JSON when they parse (``2``, ``true``), else strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--model-arg takes KEY=VALUE (e.g. img_size=64), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _load_adapter(
+    model: str,
+    ckpt: str | None,
+    text_model: str | None,
+    vision_model: str | None,
+    model_args: list[str] | None,
+    max_length: int | None = None,
+):
+    from repalign.models import get_adapter
+
+    try:
+        cls = get_adapter(model)
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from None
+    options = _parse_model_args(model_args)
+    if max_length is not None and model in ("hf-text", "bert-vit"):
+        options["max_length"] = max_length
+    try:
+        return cls.load(ckpt=ckpt, text_model=text_model, vision_model=vision_model, **options)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise _fail(f"cannot load model {model!r}: {exc}") from None
+
+
+_CKPT = typer.Option(
+    None,
+    "--ckpt",
+    help="Checkpoint: a repalign run/checkpoint dir, a model dir, or a weights file.",
+)
+_TEXT = typer.Option(
+    None, "--text-model", help="Text encoder: local transformers directory or name."
+)
+_VISION = typer.Option(
+    None, "--vision-model", help="Vision encoder: timm model name or timm-style directory."
+)
+_MARGS = typer.Option(
+    None,
+    "--model-arg",
+    help="Extra model construction option KEY=VALUE (repeatable), e.g. img_size=64.",
+)
+
+
+def models() -> None:
+    """List the model adapters (built-in and from installed plug-ins)."""
+    from repalign.models import get_adapter, list_adapters
+
+    table = Table(title="repalign model adapters")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("defined in")
+    for name in list_adapters():
+        cls = get_adapter(name)
+        table.add_row(name, cls.description, cls.__module__)
+    Console().print(table)
+
+
+def layers(
+    model: str = typer.Argument(..., help="Adapter name (see `repalign models`)."),
+    ckpt: str | None = _CKPT,
+    text_model: str | None = _TEXT,
+    vision_model: str | None = _VISION,
+    model_arg: list[str] | None = _MARGS,
+    pattern: list[str] | None = typer.Option(
+        None, "--pattern", "-p", help="Only layers matching (name, glob or re:REGEX)."
+    ),
+) -> None:
+    """List a model's layers: canonical name, module path, stream and depth."""
+    from repalign.extract.hooks import select_layers
+
+    adapter = _load_adapter(model, ckpt, text_model, vision_model, model_arg)
+    try:
+        chosen = select_layers(adapter.layers(), pattern)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"layers of {model}")
+    for col in ("name", "module path", "stream", "depth", "relative depth"):
+        table.add_column(col)
+    for info in chosen:
+        path = info.module_path or "concat(" + ", ".join(info.sources) + ")"
+        table.add_row(info.name, path, info.stream, str(info.depth), f"{info.relative_depth:.3f}")
+    Console(width=200).print(table)
+
+
+def extract(
+    model: str = typer.Option(..., "--model", "-m", help="Adapter name (see `repalign models`)."),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="path.tsv | path.jsonl | path.json (COCO) | synthetic[:N]."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature file to write (netCDF, .nc)."),
+    ckpt: str | None = _CKPT,
+    text_model: str | None = _TEXT,
+    vision_model: str | None = _VISION,
+    model_arg: list[str] | None = _MARGS,
+    images: Path | None = typer.Option(
+        None, "--images", help="Image folder (default: the data file's folder)."
+    ),
+    layer: list[str] | None = typer.Option(
+        None, "--layers", "-l", help="Layer name, glob or re:REGEX (repeatable; default all)."
+    ),
+    pool: str = typer.Option("mean", "--pool", help="cls | mean | tokens."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Compute dtype: float32 | bfloat16 | float16."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N samples."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", min=1, help="Token limit for text models (default 128)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    early_stop: bool = typer.Option(
+        True,
+        "--early-stop/--no-early-stop",
+        help="Stop the forward pass after the last requested layer.",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Extract pooled layer features of MODEL on DATA into a netCDF feature file."""
+    import torch
+
+    from repalign.data.loading import load_dataset
+    from repalign.extract.run import ExtractConfig, check_output
+    from repalign.extract.run import extract as run_extract
+
+    try:
+        check_output(out, resume=resume, overwrite=overwrite)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device} asked for, but no CUDA device is available; use --device cpu"
+            )
+        dataset = load_dataset(data, images=images)
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
+        raise _fail(str(exc)) from None
+    adapter = _load_adapter(model, ckpt, text_model, vision_model, model_arg, max_length)
+    config = ExtractConfig(
+        layers=layer or None, pool=pool, dtype=dtype, batch_size=batch_size, device=device,
+        limit=limit, resume=resume, overwrite=overwrite, stop_early=early_stop,
+        progress=progress, dataset_name=data,
+    )  # fmt: skip
+    try:
+        result = run_extract(adapter, dataset, out, config)
+    except KeyboardInterrupt:
+        _err.print(
+            f"interrupted; the batches written are kept: rerun with --resume to finish {out}"
+        )
+        raise typer.Exit(130) from None
+    except (ValueError, FileExistsError) as exc:
+        raise _fail(str(exc)) from None
+    msg = f"wrote {result.n_written} samples x {len(result.layers)} layers to {out} in {result.seconds:.1f}s"
+    if result.skipped:
+        msg += f"; skipped {len(result.skipped)} unreadable sample(s) (see `repalign info {out}`)"
+    Console().print(msg, highlight=False)
+
+
+def info(
+    path: Path = typer.Argument(..., help="A feature file written by `repalign extract`."),
+) -> None:
+    """Print a feature file's dimensions, layers and provenance."""
+    from repalign.store import schema
+    from repalign.store.features import open_features, skipped_samples
+
+    logging.getLogger("repalign.store.features").setLevel(
+        logging.ERROR
+    )  # incomplete is shown below
+    try:
+        ds = open_features(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console = Console(width=200)
+    with ds:
+        a = ds.attrs
+        complete = int(a.get("complete", 0)) == 1
+        console.print(f"[bold]{path}[/]  {ds.sizes[schema.SAMPLE_DIM]} samples"
+                      f" of {a.get(schema.N_TOTAL, '?')}, {'complete' if complete else '[red]INCOMPLETE[/] (resume with --resume)'}")  # fmt: skip
+        prov = Table(show_header=False, title="provenance")
+        for key in ("model", "checkpoint", "checkpoint_sha256", "dataset", "pooling", "compute_dtype",
+                    "created", "repalign_version"):  # fmt: skip
+            prov.add_row(key, str(a.get(key, "")))
+        versions = json.loads(a.get("versions_json", "{}"))
+        prov.add_row("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+        console.print(prov)
+        table = Table(title="layers")
+        for col in ("name", "shape", "stream", "depth", "relative depth", "module path"):
+            table.add_column(col)
+        for name, var in ds.data_vars.items():
+            table.add_row(str(name), " x ".join(str(s) for s in var.shape), str(var.attrs.get("stream", "")),
+                          str(var.attrs.get("depth", "")), f"{float(var.attrs.get('relative_depth', 0.0)):.3f}",
+                          str(var.attrs.get("module_path", "")) or "concat(" + str(var.attrs.get("sources", "")) + ")")  # fmt: skip
+        console.print(table)
+        skipped = skipped_samples(ds)
+        if skipped:
+            console.print(f"skipped {len(skipped)} sample(s): "
+                          + "; ".join(f"{s} ({r})" for s, r in skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+                          highlight=False)  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)
+    app.command("layers")(layers)
+    app.command("extract")(extract)
+    app.command("info")(info)
