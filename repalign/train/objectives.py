@@ -1,0 +1,444 @@
+"""ViLBERT's pretraining objectives and the fine-tuning classifier.
+
+One :class:`PretrainModel` forward computes every selected task:
+
+- ``itc``: ALBEF's image-text contrastive loss on the unimodal [CLS] vectors
+  (learnable temperature; identical captions in a batch count as positives).
+- ``ap``: alignment prediction (image-text matching) on the fused pooled outputs,
+  over the B positive pairs and one negative caption per image. A negative is the
+  sample's swapped-attribute hard negative (synthetic scenes: a colour, shape or
+  relation changed) with probability ``swap_negative_ratio``, otherwise another
+  caption of the batch drawn by ITC similarity (never a caption identical to the
+  image's own). In eval mode every image gets its hard negative when there is one,
+  so ``ap_accuracy`` measures hard negatives.
+- ``mlm`` and ``mim`` on the positive pairs only, in a second pass with masked
+  tokens and masked patches. MIM is contrastive: the fused state of each masked
+  patch must pick out the clean vision-tower encoding of the same patch (no
+  gradient) among all masked patches of the batch (other positions and other images).
+
+The forward never reads a value back to the host (no ``.item()``), so it can be
+compiled and runs without syncs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from repalign.data.base import Sample
+from repalign.data.masking import IGNORE_INDEX, mask_tokens, random_patch_mask
+from repalign.data.synthetic import COLOURS, SHAPES, Scene, hard_negative
+from repalign.models.vilbert.config import ViLBERTConfig
+from repalign.models.vilbert.heads import ContrastiveHead, MIMHead, MLMHead, PairHead
+from repalign.models.vilbert.model import ViLBERT
+from repalign.models.vilbert.preprocess import ImageTransform, stack_images, tokenize
+
+TASKS: tuple[str, ...] = ("mlm", "mim", "ap", "itc")
+# Words whose masked prediction needs the image: reported as mlm_attribute_accuracy.
+ATTRIBUTE_WORDS: tuple[str, ...] = (*COLOURS, *SHAPES)
+
+
+def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """Validate a task list (any non-empty subset of :data:`TASKS`), in canonical order."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise ValueError(
+            f"tasks must be a non-empty subset of {', '.join(TASKS)}; got {list(tasks)}"
+        )
+    return tuple(t for t in TASKS if t in tasks)
+
+
+class _Seeded:
+    """A per-call numpy generator from the collator's seed and one draw of torch's RNG.
+
+    torch's RNG is what DataLoader seeds per worker and what a trainer saves and
+    restores, so batches stay reproducible across workers and resumes.
+    """
+
+    seed: int
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(torch.randint(0, 2**31 - 1, ()))])
+
+
+class PretrainCollator(_Seeded):
+    """Samples -> a pretraining batch (picklable, for DataLoader workers).
+
+    Keys: ``input_ids``, ``attention_mask`` (B, T); ``pixel_values`` (B, 3, S, S);
+    ``caption_group`` (B,) equal for identical captions; with ``ap`` and scenes in
+    ``meta["scene"]``: ``neg_input_ids``, ``neg_attention_mask`` (hard negatives,
+    padded to the same T); with ``mlm``: ``mlm_input_ids``, ``mlm_labels`` (-100 where
+    not masked), ``mlm_attribute`` (bool, masked colour/shape words); with ``mim``:
+    ``patch_mask`` (B, P) bool and ``mim_index`` (B, k).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        tasks: Sequence[str],
+        image_size: int,
+        mlm_probability: float = 0.15,
+        mim_probability: float = 0.25,
+        patch_size: int | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        max_length: int = 32,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        self.tasks = check_tasks(tasks)
+        self.tokenizer = tokenizer
+        self.mlm_probability, self.mim_probability = mlm_probability, mim_probability
+        self.seed, self.max_length = seed, max_length
+        self.transform = ImageTransform(image_size, tuple(mean), tuple(std), augment)
+        self.num_patches = None
+        if "mim" in self.tasks:
+            if patch_size is None:
+                raise ValueError(
+                    "masked image modelling needs the patch grid: pass "
+                    "patch_size=config.vision_patch_size to PretrainCollator"
+                )
+            if image_size % patch_size:
+                raise ValueError(
+                    f"image_size={image_size} is not a multiple of patch_size={patch_size}"
+                )
+            self.num_patches = (image_size // patch_size) ** 2
+        if "mlm" in self.tasks:
+            if tokenizer.mask_token_id is None:
+                raise ValueError("the tokenizer has no [MASK] token; MLM needs one")
+            special = set(tokenizer.all_special_ids)
+            self.random_token_ids = torch.tensor(
+                [i for i in range(len(tokenizer)) if i not in special], dtype=torch.long
+            )
+            vocab = tokenizer.get_vocab()
+            self.attribute_ids = torch.tensor(
+                [vocab[w] for w in ATTRIBUTE_WORDS if w in vocab], dtype=torch.long
+            )
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        rng = self._rng()
+        b = len(samples)
+        texts = [s.text for s in samples]
+        scenes = [s.meta.get("scene") for s in samples]
+        negatives: list[str] = []
+        if "ap" in self.tasks and b and all(isinstance(s, Scene) for s in scenes):
+            negatives = [hard_negative(s, rng).caption for s in scenes]
+        enc = tokenize(self.tokenizer, texts + negatives, max_length=self.max_length)
+        batch = {
+            "input_ids": enc["input_ids"][:b],
+            "attention_mask": enc["attention_mask"][:b],
+            "pixel_values": stack_images([s.image for s in samples], self.transform, rng),
+        }
+        groups: dict[str | None, int] = {}
+        batch["caption_group"] = torch.tensor([groups.setdefault(t, len(groups)) for t in texts])
+        if negatives:
+            batch["neg_input_ids"] = enc["input_ids"][b:]
+            batch["neg_attention_mask"] = enc["attention_mask"][b:]
+        if "mlm" in self.tasks:
+            special = enc["special_tokens_mask"][:b].bool() | ~enc["attention_mask"][:b].bool()
+            ids, labels = mask_tokens(
+                batch["input_ids"],
+                special,
+                mask_token_id=self.tokenizer.mask_token_id,
+                random_token_ids=self.random_token_ids,
+                rng=rng,
+                probability=self.mlm_probability,
+            )
+            batch["mlm_input_ids"], batch["mlm_labels"] = ids, labels
+            batch["mlm_attribute"] = torch.isin(labels, self.attribute_ids)
+        if "mim" in self.tasks:
+            batch["patch_mask"], batch["mim_index"] = random_patch_mask(
+                b, self.num_patches, probability=self.mim_probability, rng=rng
+            )
+        return batch
+
+
+class ClassifierCollator(_Seeded):
+    """Labelled samples (``Sample.label`` 0/1) -> ``input_ids``, ``attention_mask``,
+    ``pixel_values`` and float ``labels`` (B,)."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        image_size: int,
+        augment: bool = False,
+        seed: int = 0,
+        max_length: int = 32,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        self.tokenizer, self.seed, self.max_length = tokenizer, seed, max_length
+        self.transform = ImageTransform(image_size, tuple(mean), tuple(std), augment)
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        unlabelled = [s.sample_id for s in samples if s.label is None]
+        if unlabelled:
+            raise ValueError(
+                f"samples without a label cannot be used for fine-tuning: {unlabelled[:5]}"
+            )
+        rng = self._rng() if self.transform.augment else None
+        enc = tokenize(self.tokenizer, [s.text for s in samples], max_length=self.max_length)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pixel_values": stack_images([s.image for s in samples], self.transform, rng),
+            "labels": torch.tensor([float(s.label) for s in samples]),
+        }
+
+
+# ----------------------------------------------------------------------------- losses
+def contrastive_loss(
+    logits: torch.Tensor, groups: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE on (B, B) text-image logits; pairs with the same caption group
+    are all positives. Returns (loss, accuracy of the top match in both directions)."""
+    b = logits.size(0)
+    if groups is None:
+        positive = torch.eye(b, dtype=torch.bool, device=logits.device)
+    else:
+        positive = groups[:, None] == groups[None, :]
+    target = positive.float() / positive.sum(1, keepdim=True)
+    loss = 0.5 * (
+        -(target * logits.log_softmax(1)).sum(1).mean()
+        - (target * logits.T.log_softmax(1)).sum(1).mean()
+    )
+    rows = positive.gather(1, logits.argmax(1, keepdim=True)).float().mean()
+    cols = positive.gather(1, logits.T.argmax(1, keepdim=True)).float().mean()
+    return loss, 0.5 * (rows + cols)
+
+
+def info_nce(
+    pred: torch.Tensor, target: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) predictions vs (N, D) targets, row i's positive is target i."""
+    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+    labels = torch.arange(logits.size(0), device=logits.device)
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
+
+
+def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """states (B, L, H), index (B, k) -> (B, k, H)."""
+    return states.gather(1, index[..., None].expand(-1, -1, states.size(-1)))
+
+
+class PretrainModel(nn.Module):
+    """ViLBERT plus the heads of the selected ``tasks``; ``weights`` scale each task's loss.
+
+    ``swap_negative_ratio``: share of AP negatives (in training) that are the
+    swapped-attribute hard negatives from the batch, when it has them.
+    """
+
+    def __init__(
+        self,
+        config: ViLBERTConfig,
+        *,
+        tasks: Sequence[str],
+        weights: Mapping[str, float] | None = None,
+        swap_negative_ratio: float = 0.5,
+        itc_dim: int = 128,
+        mim_temperature: float = 0.1,
+        load_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.tasks = check_tasks(tasks)
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"weights given for tasks that are not selected: {unknown}")
+        self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.swap_negative_ratio = swap_negative_ratio
+        self.mim_temperature = mim_temperature
+        self.vilbert = ViLBERT(config, mask_token="mim" in self.tasks, load_weights=load_weights)
+        h = config.hidden_size
+        self.heads = nn.ModuleDict()
+        if "mlm" in self.tasks:
+            emb = self.vilbert.text.get_input_embeddings()
+            self.heads["mlm"] = MLMHead(h, emb.embedding_dim, emb.num_embeddings)
+        if "mim" in self.tasks:
+            self.heads["mim"] = MIMHead(h)
+        if "ap" in self.tasks:
+            self.heads["ap"] = PairHead(h, config.dropout)
+        if "itc" in self.tasks:
+            self.heads["itc"] = ContrastiveHead(h, itc_dim)
+        # With a subset of tasks some parameters feed no loss (e.g. the vision stream's
+        # last feed-forward under MLM alone); a zero-weighted touch gives them a zero
+        # gradient so DDP can run with find_unused_parameters=False.
+        self._touch_all = set(self.tasks) != set(TASKS)
+
+    def pretrained_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes of pretrained towers (for a smaller learning rate)."""
+        return tuple(f"vilbert.{p}" for p in self.vilbert.pretrained_prefixes())
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        model = self.vilbert
+        ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+        text = vision = None
+        if "ap" in self.tasks or "itc" in self.tasks:
+            text, vision = model.encode_text(ids, mask), model.encode_image(pixels)
+            sim = None
+            if "itc" in self.tasks:
+                sim = self.heads["itc"](text[:, 0], vision[:, 0])  # (B texts, B images)
+                losses["itc"], metrics["itc_accuracy"] = contrastive_loss(
+                    sim, batch.get("caption_group")
+                )
+            if "ap" in self.tasks:
+                losses["ap"], ap_metrics = self._alignment(batch, text, vision, sim)
+                metrics.update(ap_metrics)
+        if "mlm" in self.tasks or "mim" in self.tasks:
+            m_text = (
+                model.encode_text(batch["mlm_input_ids"], mask) if "mlm" in self.tasks else text
+            )
+            if m_text is None:
+                m_text = model.encode_text(ids, mask)
+            if "mim" in self.tasks:
+                m_vision = model.encode_image(pixels, batch["patch_mask"])
+            else:
+                m_vision = vision if vision is not None else model.encode_image(pixels)
+            out = model.fuse(m_text, mask, m_vision)
+            if "mlm" in self.tasks:
+                losses["mlm"], mlm_metrics = self._mlm(batch, out.text)
+                metrics.update(mlm_metrics)
+            if "mim" in self.tasks:
+                if vision is None:
+                    with torch.no_grad():
+                        vision = model.encode_image(pixels)
+                losses["mim"], metrics["mim_accuracy"] = self._mim(
+                    batch, out.vision, vision.detach()
+                )
+        loss = sum(self.weights[t] * losses[t] for t in self.tasks)
+        if self._touch_all:
+            loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
+        result = {"loss": loss}
+        for t in self.tasks:
+            result[f"{t}_loss"] = losses[t].detach()
+        result.update({k: v.detach() for k, v in metrics.items()})
+        return result
+
+    def _alignment(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        text: torch.Tensor,
+        vision: torch.Tensor,
+        sim: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = text.size(0)
+        mask = batch["attention_mask"]
+        groups = batch.get("caption_group")
+        if groups is None:
+            groups = torch.arange(b, device=text.device)
+        # In-batch negative caption for each image: never one identical to its own.
+        valid = groups[None, :] != groups[:, None]  # (image, text)
+        scores = (
+            sim.detach().T.float() if sim is not None else torch.zeros(b, b, device=text.device)
+        )
+        scores = scores.masked_fill(~valid, float("-inf"))
+        has_valid = valid.any(1)
+        scores = torch.where(has_valid[:, None], scores, torch.zeros_like(scores))
+        neg_index = torch.multinomial(scores.softmax(1), 1).squeeze(1)  # (B,)
+        neg_text, neg_mask = text[neg_index], mask[neg_index]
+        neg_ok = has_valid
+        if "neg_input_ids" in batch:
+            if self.training:
+                use_swap = torch.rand(b, device=text.device) < self.swap_negative_ratio
+            else:
+                use_swap = torch.ones(b, dtype=torch.bool, device=text.device)
+            swap_text = self.vilbert.encode_text(
+                batch["neg_input_ids"], batch["neg_attention_mask"]
+            )
+            neg_text = torch.where(use_swap[:, None, None], swap_text, neg_text)
+            neg_mask = torch.where(use_swap[:, None], batch["neg_attention_mask"], neg_mask)
+            neg_ok = neg_ok | use_swap
+        out = self.vilbert.fuse(
+            torch.cat([text, neg_text]), torch.cat([mask, neg_mask]), torch.cat([vision, vision])
+        )
+        logits = self.heads["ap"](out.text_pooled, out.vision_pooled)  # (2B,)
+        labels = torch.cat([torch.ones(b, device=text.device), torch.zeros(b, device=text.device)])
+        weight = torch.cat([torch.ones(b, device=text.device), neg_ok.float()])
+        loss = (
+            F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none") * weight
+        ).sum() / weight.sum()
+        correct = ((logits > 0).float() == labels).float()
+        neg_logits = logits[b:].float()
+        return loss, {
+            "ap_accuracy": (correct * weight).sum() / weight.sum(),
+            "ap_margin": logits[:b].float().mean()
+            - (neg_logits * neg_ok).sum() / neg_ok.sum().clamp(min=1),
+        }
+
+    def _mlm(
+        self, batch: Mapping[str, torch.Tensor], text: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        embeddings = self.vilbert.text.get_input_embeddings().weight
+        logits = self.heads["mlm"](text, embeddings).float()  # (B, T, V)
+        labels = batch["mlm_labels"]
+        picked = labels != IGNORE_INDEX
+        count = picked.sum().clamp(min=1)
+        loss = (
+            F.cross_entropy(
+                logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            / count
+        )
+        correct = (logits.argmax(-1) == labels) & picked
+        metrics = {"mlm_accuracy": correct.sum() / count}
+        if "mlm_attribute" in batch:
+            attribute = batch["mlm_attribute"]
+            metrics["mlm_attribute_accuracy"] = (correct & attribute).sum() / attribute.sum().clamp(
+                min=1
+            )
+        return loss, metrics
+
+    def _mim(
+        self, batch: Mapping[str, torch.Tensor], fused: torch.Tensor, clean: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        index = batch["mim_index"]  # (B, k) patch positions; +1 skips the class token
+        pred = self.heads["mim"](_gather_tokens(fused, index + 1)).flatten(0, 1)
+        target = _gather_tokens(clean, index + 1).flatten(0, 1)
+        return info_nce(pred.float(), target.float(), self.mim_temperature)
+
+
+class ClassifierModel(nn.Module):
+    """ViLBERT with a binary head on the fused pooled outputs (Hateful-Memes-style tasks)."""
+
+    def __init__(self, config: ViLBERTConfig, *, load_weights: bool = True) -> None:
+        super().__init__()
+        self.vilbert = ViLBERT(config, load_weights=load_weights)
+        self.head = PairHead(config.hidden_size, config.dropout)
+
+    def pretrained_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"vilbert.{p}" for p in self.vilbert.pretrained_prefixes())
+
+    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Take the ``vilbert.*`` weights of a :class:`PretrainModel` state dict (heads and
+        the MIM mask token are dropped); any other mismatch is an error."""
+        own = {k[len("vilbert.") :]: v for k, v in state_dict.items() if k.startswith("vilbert.")}
+        own.pop("mask_token", None)
+        if not own:
+            raise ValueError(
+                "the state dict has no 'vilbert.*' weights: is it a PretrainModel checkpoint?"
+            )
+        missing, unexpected = self.vilbert.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"pretrained weights do not fit this ViLBERT config: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.vilbert(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        logits = self.head(out.text_pooled, out.vision_pooled).float()
+        result = {"logits": logits.detach()}
+        if "labels" in batch:
+            labels = batch["labels"].float()
+            result["loss"] = F.binary_cross_entropy_with_logits(logits, labels)
+            result["accuracy"] = ((logits > 0).float() == labels).float().mean()
+        return result
