@@ -1,0 +1,235 @@
+"""Figures from a score Dataset: layer-by-layer heatmaps and depth profiles.
+
+Both use matplotlib's Agg backend (no display needed) and return the Figure;
+:func:`save` writes it (format from the suffix: ``.png``, ``.svg``, ``.pdf``).
+
+Colour scales are fixed by the metric's declared bounds (``bound_low`` /
+``bound_high`` in the score file), so two heatmaps of the same metric can be
+compared by eye. Distances (unbounded above) use the larger of the data
+maximum and the permutation null mean, and a reversed colour map, so that
+brighter always means "more similar".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from repalign.store.scores import LayerAxis  # noqa: E402
+
+#: cells per side up to which each heatmap cell is annotated with its value
+ANNOTATE_MAX = 14
+SIGNIFICANCE = 0.05
+
+
+def _metrics(ds: xr.Dataset, metrics: Sequence[str] | None) -> list[str]:
+    available = [str(m) for m in ds.metric.values]
+    if not metrics:
+        return available
+    missing = [m for m in metrics if m not in available]
+    if missing:
+        raise ValueError(f"metric(s) {missing} are not in this score file; it has: {available}")
+    return list(metrics)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def _color_range(m: xr.Dataset) -> tuple[float, float, str, bool]:
+    """vmin, vmax, colour map, and whether higher means more similar."""
+    low, high = float(m.bound_low), float(m.bound_high)
+    similar = bool(int(m.higher_is_more_similar))
+    if not math.isfinite(high):
+        values = [float(np.nanmax(m.score.values))]
+        if "null_mean" in m and np.isfinite(m.null_mean.values).any():
+            values.append(float(np.nanmax(m.null_mean.values)))
+        high = max(values) if max(values) > low else low + 1.0
+    if not math.isfinite(low):
+        low = float(np.nanmin(m.score.values))
+    return low, high, "viridis" if similar else "viridis_r", similar
+
+
+def _subtitle(ds: xr.Dataset) -> str:
+    parts = []
+    if "n_samples" in ds.attrs:
+        parts.append(f"n = {int(ds.attrs['n_samples'])} samples")
+    a, b = ds.attrs.get("model_a"), ds.attrs.get("model_b")
+    if a and b:
+        parts.append(f"{a} vs {b}" if a != b else str(a))
+    return "; ".join(parts)
+
+
+def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
+    """One panel per metric: score of every ``layer_a`` (rows) against ``layer_b`` (columns).
+
+    Cells are annotated with their value when the grid is small; with a
+    permutation p-value present, cells not significant at 0.05 are hatched.
+    """
+    names = _metrics(ds, metrics)
+    rows, cols = _grid(len(names))
+    na, nb = ds.sizes["layer_a"], ds.sizes["layer_b"]
+    cell = 0.42 if max(na, nb) <= ANNOTATE_MAX else 0.22
+    w = max(4.8, 2.4 + cell * nb)
+    h = max(4.0, 2.0 + cell * na)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    hatched = False
+    for ax, name in zip(axes.flat, names, strict=False):
+        m = ds.sel(metric=name)
+        vmin, vmax, cmap, similar = _color_range(m)
+        values = m.score.values
+        im = ax.imshow(
+            values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+        )
+        ax.set_xticks(range(nb), [str(v) for v in ds.layer_b.values], rotation=60, ha="right")
+        ax.set_yticks(range(na), [str(v) for v in ds.layer_a.values])
+        ax.set_xlabel(f"layer B ({ds.attrs.get('model_b', 'B')})")
+        ax.set_ylabel(f"layer A ({ds.attrs.get('model_a', 'A')})")
+        ax.set_title(f"{name}\n{_subtitle(ds)}", fontsize=10)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        bar.set_label(f"score ({'higher' if similar else 'lower'} = more similar)")
+        if "pvalue" in m:
+            p = m.pvalue.values
+            not_significant = np.isfinite(p) & (p >= SIGNIFICANCE)
+            hatched = hatched or bool(not_significant.any())
+            for i, j in zip(*np.nonzero(not_significant), strict=True):
+                ax.add_patch(
+                    plt.Rectangle(
+                        (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", lw=0
+                    )
+                )
+        if max(na, nb) <= ANNOTATE_MAX:
+            mid = (vmin + vmax) / 2
+            for i in range(na):
+                for j in range(nb):
+                    v = values[i, j]
+                    if not np.isfinite(v):
+                        continue
+                    dark = (v < mid) if cmap == "viridis" else (v > mid)
+                    ax.text(
+                        j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black",
+                    )  # fmt: skip
+    if hatched:
+        fig.text(0.01, 0.005, f"hatched: permutation p >= {SIGNIFICANCE}", fontsize=8, color="0.3")
+    fig.tight_layout()
+    return fig
+
+
+def _axis(ds: xr.Dataset, side: str) -> LayerAxis:
+    return LayerAxis(
+        tuple(str(v) for v in ds[f"layer_{side}"].values),
+        tuple(str(v) for v in ds[f"stream_{side}"].values),
+        tuple(float(v) for v in ds[f"depth_{side}"].values),
+    )
+
+
+def _pick(m: xr.Dataset, var: str, cells: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """Values of ``var`` at the ``(rows, cols)`` cells, or ``None`` if the file lacks it."""
+    return m[var].values[cells] if var in m else None
+
+
+def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
+    """One panel per metric: score of depth-matched layer pairs against relative depth.
+
+    Each layer of A is paired with the layer of B at the nearest relative depth
+    (per stream of B; never with itself), one line per (stream A, stream B).
+    Shaded: the bootstrap interval when present; dashed grey: the permutation
+    null mean with a band of two null standard deviations.
+    """
+    from repalign.compare import matched_pairs
+
+    names = _metrics(ds, metrics)
+    axis_a, axis_b = _axis(ds, "a"), _axis(ds, "b")
+    same = axis_a.names == axis_b.names
+    pairs = matched_pairs(axis_a, axis_b, same=same)
+    if not pairs:
+        raise ValueError("no layer pairs to profile: layer_b is empty or only repeats layer_a")
+    groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i, j in pairs:
+        groups.setdefault((axis_a.streams[i], axis_b.streams[j]), []).append((i, j))
+    rows, cols = _grid(len(names))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    colors = plt.get_cmap("tab10")
+    for ax, name in zip(axes.flat, names, strict=False):
+        m = ds.sel(metric=name)
+        for g, ((sa, sb), cells) in enumerate(groups.items()):
+            cells = sorted(cells, key=lambda c: axis_a.depths[c[0]])
+            x = np.array([axis_a.depths[i] for i, _ in cells])
+            pick = (np.array([i for i, _ in cells]), np.array([j for _, j in cells]))
+
+            color = colors(g % 10)
+            label = f"{sa} vs {sb}" if len(groups) > 1 or sa != sb else sa
+            ax.plot(x, _pick(m, "score", pick), marker="o", color=color, label=label)
+            lo, hi = _pick(m, "ci_low", pick), _pick(m, "ci_high", pick)
+            if lo is not None and hi is not None and np.isfinite(lo).any():
+                ax.fill_between(
+                    x, lo, hi, color=color, alpha=0.25, lw=0, label=f"{label}: bootstrap CI"
+                )
+            null, sd = _pick(m, "null_mean", pick), _pick(m, "null_std", pick)
+            if null is not None and np.isfinite(null).any():
+                ax.plot(
+                    x,
+                    null,
+                    ls="--",
+                    color="0.4",
+                    lw=1,
+                    label="permutation null (mean ± 2 sd)" if g == 0 else None,
+                )
+                if sd is not None:
+                    ax.fill_between(x, null - 2 * sd, null + 2 * sd, color="0.6", alpha=0.2, lw=0)
+        vmin, vmax, _, similar = _color_range(m)
+        if math.isfinite(float(m.bound_high)):
+            pad = 0.03 * (vmax - vmin)
+            ax.set_ylim(vmin - pad, vmax + pad)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_xlabel("relative depth of layer A")
+        ax.set_ylabel(f"score ({'higher' if similar else 'lower'} = more similar)")
+        ax.set_title(f"{name}: depth-matched layer pairs\n{_subtitle(ds)}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) and close it."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in ("png", "svg", "pdf"):
+        plt.close(fig)
+        raise ValueError(f"cannot write {path}: use a .png, .svg or .pdf file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_scores(
+    ds: xr.Dataset,
+    out: str | os.PathLike[str],
+    *,
+    kind: str = "heatmap",
+    metrics: Sequence[str] | None = None,
+) -> Path:
+    """Draw ``kind`` (``heatmap`` or ``profile``) for ``metrics`` (all if empty) to ``out``."""
+    makers = {"heatmap": heatmap, "profile": profile}
+    if kind not in makers:
+        raise ValueError(f"unknown plot kind {kind!r}; use one of {sorted(makers)}")
+    return save(makers[kind](ds, metrics), out)

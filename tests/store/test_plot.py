@@ -1,0 +1,92 @@
+"""Heatmaps and depth profiles from score Datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from repalign.store.plot import heatmap, plot_scores, profile
+from repalign.store.scores import LayerAxis, MetricScores, scores_dataset
+
+A = LayerAxis(("t.0", "t.1", "t.2"), ("text",) * 3, (1 / 3, 2 / 3, 1.0))
+B = LayerAxis(("v.0", "v.1", "v.2", "v.3"), ("vision",) * 4, (0.25, 0.5, 0.75, 1.0))
+
+
+def _ds(with_stats: bool = True):
+    rng = np.random.default_rng(0)
+    score = rng.uniform(0.3, 0.9, size=(3, 4))
+    stats = {}
+    if with_stats:
+        stats = {
+            "pvalue": np.where(score > 0.5, 0.01, 0.3),
+            "null_mean": np.full((3, 4), 0.1),
+            "null_std": np.full((3, 4), 0.02),
+            "ci_low": score - 0.05,
+            "ci_high": score + 0.05,
+        }
+    sim = MetricScores("cka", "cka", {}, (0.0, 1.0), True, score, stats)
+    dist = MetricScores(
+        "wasserstein_distance", "wasserstein_distance", {}, (0.0, np.inf), False, 5 * score
+    )
+    return scores_dataset(A, B, [sim, dist], {"n_samples": 64, "model_a": "m1", "model_b": "m2"})
+
+
+def _png_ok(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000  # a real figure, not an empty canvas
+
+
+def test_heatmap_png_written(tmp_path):
+    out = plot_scores(_ds(), tmp_path / "fig" / "heat.png")
+    _png_ok(out)
+
+
+def test_heatmap_svg_one_metric(tmp_path):
+    out = plot_scores(_ds(), tmp_path / "heat.svg", metrics=["cka"])
+    text = out.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text
+    assert len(text) > 10_000
+
+
+def test_heatmap_axes_and_colour_bounds():
+    fig = heatmap(_ds(), ["cka", "wasserstein_distance"])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["cka", "wasserstein_distance"]
+    cka_ax = panels[0]
+    assert [t.get_text() for t in cka_ax.get_yticklabels()] == ["t.0", "t.1", "t.2"]
+    assert [t.get_text() for t in cka_ax.get_xticklabels()] == ["v.0", "v.1", "v.2", "v.3"]
+    assert "n = 64 samples" in cka_ax.get_title()
+    im = cka_ax.get_images()[0]
+    assert im.get_clim() == (0.0, 1.0)  # fixed by the metric's bounds, not the data
+    dist_im = panels[1].get_images()[0]
+    assert dist_im.get_cmap().name == "viridis_r"  # brighter = more similar for distances too
+    assert np.isfinite(dist_im.get_clim()).all()
+    # cells with p >= 0.05 are hatched
+    assert any(p.get_hatch() == "///" for p in cka_ax.patches)
+
+
+def test_profile_with_bands(tmp_path):
+    fig = profile(_ds(), ["cka"])
+    ax = fig.axes[0]
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(line.get_xdata(), [1 / 3, 2 / 3, 1.0])
+    ds = _ds()
+    # t.0 (1/3) -> v.0 (0.25); t.1 (2/3) -> v.2 (0.75, nearer than 0.5); t.2 -> v.3
+    expect = ds.score.sel(metric="cka").values[[0, 1, 2], [0, 2, 3]]
+    np.testing.assert_allclose(line.get_ydata(), expect)
+    assert len(ax.collections) >= 2  # bootstrap band + null band
+    _png_ok(plot_scores(ds, tmp_path / "p.png", kind="profile"))
+
+
+def test_profile_without_stats(tmp_path):
+    _png_ok(plot_scores(_ds(with_stats=False), tmp_path / "p.png", kind="profile"))
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="not in this score file.*cka"):
+        plot_scores(_ds(), tmp_path / "x.png", metrics=["mutual_knn"])
+    with pytest.raises(ValueError, match="unknown plot kind"):
+        plot_scores(_ds(), tmp_path / "x.png", kind="scatter")
+    with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
+        plot_scores(_ds(), tmp_path / "x.jpg")
