@@ -1,0 +1,268 @@
+"""Run configuration: dataclasses, YAML files and ``key=value`` overrides.
+
+A run is described by one :class:`PretrainConfig` or :class:`FinetuneConfig`.
+It is built from defaults, then a YAML file, then command-line overrides
+(``optim.lr=1e-3``, ``tasks=[ap,itc]``), and the resolved result is written to
+``RUN/config.yaml`` so every run can be repeated from its own directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup then decay; pretrained towers train at ``pretrained_lr_scale`` x lr."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.05
+    grad_clip: float | None = 1.0
+    pretrained_lr_scale: float = 0.1
+    # Parameter-name prefixes trained at ``pretrained_lr_scale``; when empty the model's
+    # own ``pretrained_prefixes`` attribute (if any) decides.
+    pretrained_prefixes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoopConfig:
+    """How long and how the loop runs; everything here is model-agnostic."""
+
+    steps: int = 1000
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 0  # 0: only the final checkpoint (and one on interruption)
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda when available
+    bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
+    compile: bool = False
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Where pairs come from: ``synthetic`` (embedded), a captions TSV, a memes jsonl or a cache."""
+
+    name: str = "synthetic"
+    n_train: int = 20000  # synthetic only
+    n_eval: int = 512  # synthetic only; held out by seed
+    seed: int = 0
+    image_size: int = 64
+    images: str | None = None  # image folder for TSV / jsonl data
+    eval_path: str | None = None  # held-out file for TSV / jsonl data
+    cache: str | None = None  # an image cache made by `repalign data cache`
+
+
+@dataclass
+class ProbeConfig:
+    """Alignment probes between the text and vision streams at every fusion layer."""
+
+    metrics: list[str] = field(default_factory=list)
+    every: int = 0
+    n: int = 256
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/pretrain"
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+    tasks: list[str] = field(default_factory=lambda: ["mlm", "mim", "ap", "itc"])
+    task_weights: dict[str, float] = field(default_factory=dict)
+    # Probability that a task's loss is active in a given step (1.0 when absent): the
+    # "different batch sizes for tasks" knob, in expectation a task's effective batch is
+    # ratio x batch_size.
+    task_ratios: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 64
+    mlm_probability: float = 0.15
+    augment: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    out: str = "runs/finetune"
+    init: str | None = None  # a pretraining run dir or checkpoint dir
+    from_scratch: bool = False  # ignore ``init``: the no-pretraining baseline
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    patience: int = 5  # evaluations without AUROC improvement before stopping; 0 disables
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="synthetic-binary"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=20))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, eval_every=50))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _did_you_mean(key: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, or raise with the key's path."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        if origin is tuple:
+            return tuple(
+                _coerce(a, v, f"{where}[{i}]")
+                for i, (a, v) in enumerate(zip(args, value, strict=False))
+            )
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is float and isinstance(value, str):
+        value = _scalar(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str | int | float):
+        return str(value)
+    raise ValueError(f"{where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ValueError(f"unknown config key {path!r}.{_did_you_mean(key, names)}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    base = cls()
+    return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; read it as the float everyone means."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "tasks=[ap,itc]"]`` -> nested dict; values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=1e-3)")
+        value = _scalar(yaml.safe_load(raw)) if raw.strip() else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> T:
+    """Defaults <- ``base`` <- YAML file at ``path`` <- ``overrides`` (``key=value``)."""
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+        values = _merge(values, loaded)
+    values = _merge(values, parse_overrides(overrides))
+    return _build(cls, values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a config dataclass (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(asdict(config))
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,471 @@
+"""A model-agnostic training loop.
+
+The loop knows one thing about the model: ``model(batch)["loss"]`` is the
+differentiable loss; every other 0-d tensor in the output is a metric that is
+averaged over the log interval and written to ``RUN/log.jsonl``. Metrics stay
+on the device between log steps (no host syncs in the step).
+
+Resuming is exact: batches are a pure function of ``(seed, index)``
+(:class:`~repalign.train.batches.BatchStream`), and a checkpoint stores the
+optimizer and the RNG states as they were at the start of the next step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from repalign.train.batches import BatchStream, batch_loader
+from repalign.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    config_mismatch,
+    load_into,
+    load_model_weights,
+    load_trainer_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from repalign.train.config import LoopConfig, OptimConfig
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[nn.Module], Mapping[str, float]]
+
+
+@dataclass
+class Periodic:
+    """``fn(model)`` every ``every`` steps (and after the last); results logged as ``split``."""
+
+    split: str
+    every: int
+    fn: Evaluator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {name!r} was asked for but CUDA is not available; use device=cpu"
+        )
+    return device
+
+
+def lr_factor(step: int, optim: OptimConfig, total: int) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine/linear decay to ``min_lr_ratio``."""
+    if optim.warmup_steps > 0 and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    span = max(1, total - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / span)
+    if optim.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = 1.0 - progress
+    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * decay
+
+
+def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW groups: (pretrained or not) x (decayed or not).
+
+    Biases, norms and 1-D parameters get no weight decay. Parameters whose name
+    starts with a pretrained prefix (``optim.pretrained_prefixes``, else the
+    model's ``pretrained_prefixes`` attribute) train at ``pretrained_lr_scale`` x lr.
+    """
+    prefixes = tuple(optim.pretrained_prefixes or getattr(model, "pretrained_prefixes", ()) or ())
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        pretrained = bool(prefixes) and name.startswith(prefixes)
+        decay = p.ndim >= 2 and "norm" not in name.lower() and "embedding" not in name.lower()
+        groups.setdefault((pretrained, decay), []).append(p)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (all frozen?)")
+    return [
+        {
+            "params": params,
+            "weight_decay": optim.weight_decay if decay else 0.0,
+            "lr_scale": optim.pretrained_lr_scale if pretrained else 1.0,
+            "lr": optim.lr * (optim.pretrained_lr_scale if pretrained else 1.0),
+        }
+        for (pretrained, decay), params in sorted(groups.items())
+    ]
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (evaluation, probes) without disturbing the training RNG streams."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+def _move(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _move(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_move(v, device) for v in batch)
+    return batch
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                return int(v.shape[0])
+    return 0
+
+
+class RunLog:
+    """Append-only ``log.jsonl``: one JSON object per (step, split)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
+        if not self.path.exists():
+            return
+        keep = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self.path.write_text("".join(f"{line}\n" for line in keep))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+
+    def write_csv(self, path: Path, split: str = "train") -> None:
+        rows = [r for r in self.records() if r.get("split") == split]
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        lines = [",".join(columns)]
+        lines += [",".join("" if r.get(c) is None else str(r[c]) for c in columns) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+
+
+class Trainer:
+    """Trains ``model`` on ``batches`` and writes everything under ``run_dir``.
+
+    ``run_config`` is stored in every checkpoint's ``config.json``; its
+    ``"model"`` entry must match on resume. ``periodic`` evaluators run every
+    N steps and at the end; ``monitor``/``patience`` stop early when the
+    monitored eval metric (higher is better) has not improved for ``patience``
+    evaluations, keeping the best weights in ``RUN/best``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: BatchStream,
+        *,
+        run_dir: str | Path,
+        optim: OptimConfig,
+        loop: LoopConfig,
+        run_config: Mapping[str, Any] | None = None,
+        periodic: list[Periodic] | None = None,
+        monitor: str | None = None,
+        patience: int = 0,
+    ) -> None:
+        self.model, self.batches = model, batches
+        self.run_dir = Path(run_dir)
+        self.optim_cfg, self.loop = optim, loop
+        self.run_config = dict(run_config or {})
+        self.periodic = list(periodic or [])
+        self.monitor, self.patience = monitor, patience
+        self.device = resolve_device(loop.device)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, optim),
+            lr=optim.lr,
+            betas=tuple(optim.betas),
+            eps=optim.eps,
+            fused=self.device.type == "cuda",
+        )
+        self.forward: Callable[[Any], Mapping[str, torch.Tensor]] = (
+            torch.compile(model) if loop.compile else model
+        )
+        self.step = 0
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.log = RunLog(self.run_dir / "log.jsonl")
+        self.last_eval: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, rng: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": dict(rng),
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "stopped_early": self.stopped_early,
+            "seed": self.loop.seed,
+        }
+
+    def save(self, path: Path, rng: Mapping[str, Any]) -> None:
+        save_checkpoint(path, self.model, self.run_config, self.state(rng))
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Load weights, optimizer, RNG and step from ``path`` (default ``RUN/last``)."""
+        path = Path(path) if path is not None else self.run_dir / "last"
+        state_dict, saved_config = load_model_weights(path)
+        diffs = config_mismatch(saved_config.get("model", {}), self.run_config.get("model", {}))
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume from {path}: the model config differs from the checkpoint's: "
+                + "; ".join(diffs[:5])
+                + ". Resume with the run's own config (RUN/config.yaml) or start a new --out"
+            )
+        load_into(self.model, state_dict, source=str(path))
+        state = load_trainer_state(path)
+        if state.get("seed") != self.loop.seed:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with seed {state.get('seed')}, "
+                f"this run has seed {self.loop.seed}; the data order would differ"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best, self.bad_evals = state["best"], int(state["bad_evals"])
+        self.stopped_early = bool(state.get("stopped_early", False))
+        self.log.truncate_after(self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def run_periodic(self, final: bool = False) -> None:
+        for p in self.periodic:
+            if not (final or (p.every > 0 and self.step % p.every == 0)):
+                continue
+            self.model.eval()
+            try:
+                with preserved_rng(), torch.no_grad(), self._autocast():
+                    values = {k: float(v) for k, v in p.fn(self.model).items()}
+            finally:
+                self.model.train()
+            self.log.write({"step": self.step, "split": p.split, **values})
+            if p.split == "eval":
+                self.last_eval = values
+                self._early_stopping(values)
+            log.info(
+                "step %d %s: %s",
+                self.step,
+                p.split,
+                ", ".join(f"{k}={v:.4g}" for k, v in values.items()),
+            )
+
+    def _early_stopping(self, values: Mapping[str, float]) -> None:
+        if self.monitor is None:
+            return
+        if self.monitor not in values:
+            raise KeyError(
+                f"monitor {self.monitor!r} is not among the eval metrics {sorted(values)}"
+            )
+        value = values[self.monitor]
+        if self.best is None or value > self.best:
+            self.best, self.bad_evals = value, 0
+            save_checkpoint(self.run_dir / "best", self.model, self.run_config)
+        else:
+            self.bad_evals += 1
+            if self.patience > 0 and self.bad_evals >= self.patience:
+                self.stopped_early = True
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.loop.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ training
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.step, self.optim_cfg, self.loop.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.optim_cfg.lr * group["lr_scale"] * factor
+
+    def _train_step(
+        self, micro_batches: list[Any]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for batch in micro_batches:
+            with self._autocast():
+                out = self.forward(_move(batch, self.device))
+            if "loss" not in out:
+                raise KeyError(f"the model's output has no 'loss' (keys: {sorted(out)})")
+            (out["loss"] / len(micro_batches)).backward()
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor) and v.ndim == 0:
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v
+        grad_norm = None
+        if self.optim_cfg.grad_clip is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        metrics = {k: v / len(micro_batches) for k, v in sums.items()}
+        return metrics, grad_norm
+
+    def fit(self, *, resume: bool = False) -> dict[str, float]:
+        """Train to ``loop.steps``; return the final eval metrics."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif self.log.path.exists():
+            self.log.path.unlink()
+        if self.step == 0:
+            _seed_everything(self.loop.seed)
+        self.model.train()
+        accum = self.loop.grad_accum
+        loader = batch_loader(
+            self.batches,
+            self.step * accum,
+            self.loop.steps * accum,
+            num_workers=self.loop.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        batches = iter(loader)
+        window: dict[str, list[torch.Tensor]] = {}
+        pairs, t0 = 0, time.perf_counter()
+        rng = capture_rng_state()
+        try:
+            with _progress(self.loop.progress, self.loop.steps, self.step) as advance:
+                while self.step < self.loop.steps and not self.stopped_early:
+                    rng = capture_rng_state()  # the state a resumed run must start this step from
+                    self._set_lr()
+                    micro = [next(batches) for _ in range(accum)]
+                    pairs += sum(_batch_size(b) for b in micro)
+                    metrics, grad_norm = self._train_step(micro)
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = grad_norm.detach().float()
+                    for k, v in metrics.items():
+                        window.setdefault(k, []).append(v)
+                    self.step += 1
+                    last = self.step == self.loop.steps
+                    if self.step % self.loop.log_every == 0 or last:
+                        record = self._flush(window, pairs, time.perf_counter() - t0)
+                        pairs, t0 = 0, time.perf_counter()
+                        advance(self.step, record.get("loss"))
+                    else:
+                        advance(self.step, None)
+                    if not last:
+                        self.run_periodic()
+                    rng = capture_rng_state()
+                    every = self.loop.checkpoint_every
+                    if every > 0 and self.step % every == 0 and not last:
+                        self._checkpoint(rng)
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d; saving %s", self.step, self.run_dir / "last")
+            self.save(self.run_dir / "last", rng)
+            raise
+        if window:
+            self._flush(window, pairs, time.perf_counter() - t0)
+        self.run_periodic(final=True)
+        self.save(self.run_dir / "last", capture_rng_state())
+        self.log.write_csv(self.run_dir / "log.csv")
+        return dict(self.last_eval)
+
+    def _checkpoint(self, rng: Mapping[str, Any]) -> None:
+        ckpt_dir = self.run_dir / "checkpoints"
+        self.save(ckpt_dir / f"step-{self.step}", rng)
+        self.save(self.run_dir / "last", rng)
+        old = sorted(
+            (p for p in ckpt_dir.glob("step-*") if p.name[5:].isdigit()),
+            key=lambda p: int(p.name[5:]),
+        )
+        for p in old[: max(0, len(old) - self.loop.keep_checkpoints)]:
+            shutil.rmtree(p)
+
+    def _flush(
+        self, window: dict[str, list[torch.Tensor]], pairs: int, seconds: float
+    ) -> dict[str, Any]:
+        names = list(window)
+        values = torch.stack([torch.stack(window[k]).mean() for k in names]).tolist()  # one sync
+        window.clear()
+        record: dict[str, Any] = {
+            "step": self.step,
+            "split": "train",
+            **dict(zip(names, values, strict=True)),
+        }
+        record["lr"] = (
+            self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_scale"]
+        )
+        record["pairs_per_s"] = pairs / seconds if seconds > 0 else None
+        if not math.isfinite(record.get("loss", 0.0)):
+            raise FloatingPointError(
+                f"training loss is {record['loss']} at step {self.step}; lower optim.lr, "
+                "raise optim.warmup_steps, or set optim.grad_clip"
+            )
+        self.log.write(record)
+        return record
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (global RNG on purpose)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _progress(
+    enabled: bool, total: int, start: int
+) -> Iterator[Callable[[int, float | None], None]]:
+    if not enabled:
+        yield lambda step, loss: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("train", total=total, completed=start, loss="")
+
+        def advance(step: int, loss: float | None) -> None:
+            fields = {"loss": f"loss {loss:.4f}"} if loss is not None else {}
+            progress.update(task, completed=step, **fields)
+
+        yield advance
