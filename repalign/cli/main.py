@@ -12,7 +12,11 @@ import logging
 
 import typer
 
-VERB_MODULES: tuple[str, ...] = ("repalign.cli.metrics_cmd", "repalign.cli.extract_cmd")
+VERB_MODULES: tuple[str, ...] = (
+    "repalign.cli.metrics_cmd",
+    "repalign.cli.extract_cmd",
+    "repalign.cli.compare_cmd",
+)
 
 app = typer.Typer(
     name="repalign",

@@ -1,0 +1,150 @@
+"""``repalign compare`` and ``repalign plot``: feature files -> scores.nc -> figures.
+
+This module only parses options and calls :func:`repalign.compare.compare`,
+:func:`repalign.store.scores.write_scores` and :func:`repalign.store.plot.plot_scores`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+log = logging.getLogger(__name__)
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def metric_requests(names: list[str], flags: dict[str, Any]) -> list[Any]:
+    """One request per ``--metric``, each with the given flags it accepts.
+
+    A flag (``--k``, ``--unbiased``) goes to every listed metric that takes it;
+    a flag that none of them takes is an error, so it is never silently dropped.
+    """
+    from repalign.compare import MetricRequest
+    from repalign.metrics import get_metric
+
+    specs = [get_metric(n) for n in names]
+    requests = []
+    for name, spec in zip(names, specs, strict=True):
+        options = {k: v for k, v in flags.items() if k in spec.options}
+        requests.append(MetricRequest(name, options))
+    for flag in flags:
+        if not any(flag in spec.options for spec in specs):
+            from repalign.metrics import list_metrics
+
+            takers = [m for m in list_metrics() if flag in get_metric(m).options]
+            raise TypeError(
+                f"--{flag.replace('_', '-')} is an option none of the chosen metrics "
+                f"({', '.join(names)}) takes; metrics that take it: {', '.join(takers) or 'none'}"
+            )
+    return requests
+
+
+def compare_cmd(
+    files: list[Path] = typer.Argument(
+        ..., help="One feature file (its layers against each other) or two (A against B)."
+    ),
+    metric: list[str] = typer.Option(
+        ["cka"], "--metric", "-m", help="Metric to run (repeatable); see `repalign metrics`."
+    ),
+    layers_a: list[str] = typer.Option(
+        ["*"], "--layers-a", help="Layers of A: glob, exact name or re:REGEX (repeatable)."
+    ),
+    layers_b: list[str] | None = typer.Option(
+        None,
+        "--layers-b",
+        help="Layers of B (repeatable). With one file: a second selection from it "
+        "(e.g. text against vision); default all layers.",
+    ),
+    k: int | None = typer.Option(None, "--k", help="Neighbours for k-NN metrics."),
+    unbiased: bool = typer.Option(
+        False, "--unbiased", help="Unbiased HSIC estimator for the metrics that take it."
+    ),
+    permutations: int = typer.Option(
+        0, "--permutations", help="Permutation null per layer pair (adds pvalue, null_mean)."
+    ),
+    bootstrap: int = typer.Option(
+        0, "--bootstrap", help="Bootstrap resamples per layer pair (adds ci_low, ci_high)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of permutations and resamples."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    align_on_ids: bool = typer.Option(
+        False,
+        "--align-on-ids",
+        help="Match rows of the two files by sample id when they are reordered or differ "
+        "(keeps the shared ids); without it such files are refused.",
+    ),
+    allow_incomplete: bool = typer.Option(
+        False, "--allow-incomplete", help="Accept feature files whose extraction did not finish."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Score file to write (netCDF, .nc)."),
+) -> None:
+    """Score layers of feature files against each other and write a score file."""
+    from repalign.compare import compare
+    from repalign.store.scores import write_scores
+
+    if len(files) > 2:
+        raise _fail(f"compare takes one or two feature files, got {len(files)}")
+    flags: dict[str, Any] = {}
+    if k is not None:
+        flags["k"] = k
+    if unbiased:
+        flags["unbiased"] = True
+    try:
+        requests = metric_requests(metric, flags)
+        scores = compare(
+            files,
+            requests,
+            layers_a=layers_a,
+            layers_b=layers_b or None,
+            permutations=permutations,
+            bootstrap=bootstrap,
+            seed=seed,
+            device=device,
+            align_on_ids=align_on_ids,
+            allow_incomplete=allow_incomplete,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    write_scores(scores, out)
+    Console().print(
+        f"wrote {out}: {scores.sizes['metric']} metric(s) x {scores.sizes['layer_a']} x "
+        f"{scores.sizes['layer_b']} layers over {scores.attrs['n_samples']} samples",
+        highlight=False,
+    )
+
+
+def plot_cmd(
+    scores: list[Path] = typer.Argument(..., help="Score file(s) from `repalign compare`."),
+    kind: str = typer.Option("heatmap", "--kind", help="heatmap or profile."),
+    metric: list[str] | None = typer.Option(
+        None, "--metric", "-m", help="Metric label(s) to draw (repeatable); default all."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Figure file (.png, .svg, .pdf); default SCORES-KIND.png."
+    ),
+) -> None:
+    """Draw a layer-by-layer heatmap or a depth profile from a score file."""
+    from repalign.store.plot import plot_scores
+    from repalign.store.scores import open_scores
+
+    out = out or scores[0].with_name(f"{scores[0].stem}-{kind}.png")
+    try:
+        ds = open_scores(scores)
+        plot_scores(ds, out, kind=kind, metrics=metric or None)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    Console().print(f"wrote {out}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)
+    app.command("plot")(plot_cmd)

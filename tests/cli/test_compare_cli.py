@@ -1,0 +1,99 @@
+"""``repalign compare`` and ``repalign plot`` through typer's CliRunner on tiny files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from repalign.cli.main import app
+from repalign.store.scores import open_scores
+from tests.store._feature_files import write_features
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def feats(tmp_path):
+    return write_features(tmp_path / "a.nc")
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_compare_one_file_text_vs_vision_then_plot(tmp_path, feats):
+    out = tmp_path / "scores.nc"
+    res = _run(
+        "compare", feats, "--metric", "cka", "--metric", "svcca",
+        "--layers-a", "text.*", "--layers-b", "vision.*",
+        "--permutations", "9", "--bootstrap", "5", "--seed", "3", "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output
+    ds = open_scores(out)
+    assert ds.metric.values.tolist() == ["cka", "svcca"]
+    assert ds.layer_a.values.tolist() == [f"text.layer.{k}" for k in range(3)]
+    assert np.isfinite(ds.pvalue).all() and np.isfinite(ds.ci_high).all()
+    assert ds.attrs["seed"] == 3
+
+    for kind in ("heatmap", "profile"):
+        fig = tmp_path / f"{kind}.png"
+        res = _run("plot", out, "--kind", kind, "--metric", "cka", "--out", fig)
+        assert res.exit_code == 0, res.output
+        assert fig.stat().st_size > 10_000
+    res = _run("plot", out)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "scores-heatmap.png").stat().st_size > 10_000
+
+
+def test_compare_two_files_unbiased(tmp_path, feats):
+    other = write_features(tmp_path / "b.nc", streams=("vision",), seed=9)
+    out = tmp_path / "s.nc"
+    res = _run("compare", feats, other, "-m", "cka", "--unbiased", "--out", out)
+    assert res.exit_code == 0, res.output
+    ds = open_scores(out)
+    assert ds.metric.values.tolist() == ["cka[unbiased=true]"]
+    assert ds.score.shape == (1, 6, 3)
+
+
+def test_reordered_ids_fail_clearly(tmp_path, feats):
+    ids = [f"s{i:04d}" for i in range(40)][::-1]
+    other = write_features(tmp_path / "b.nc", ids=ids)
+    out = tmp_path / "s.nc"
+    res = _run("compare", feats, other, "--out", out)
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "different order" in text and "--align-on-ids" in text
+    assert not out.exists()
+    res = _run("compare", feats, other, "--align-on-ids", "--out", out)
+    assert res.exit_code == 0, res.output
+
+
+def test_unknown_metric_lists_available(tmp_path, feats):
+    res = _run("compare", feats, "--metric", "ckka", "--out", tmp_path / "s.nc")
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "unknown metric 'ckka'" in text and "Did you mean 'cka'" in text
+    assert "Available:" in text
+
+
+def test_option_no_metric_takes(tmp_path, feats):
+    res = _run("compare", feats, "--metric", "cka", "--k", "5", "--out", tmp_path / "s.nc")
+    assert res.exit_code == 2
+    assert "--k is an option none of the chosen metrics (cka) takes" in " ".join(res.output.split())
+
+
+def test_bad_layer_glob_and_too_many_files(tmp_path, feats):
+    res = _run("compare", feats, "--layers-a", "fused.*", "--out", tmp_path / "s.nc")
+    assert res.exit_code == 2
+    assert "matches no layer" in res.output
+    res = _run("compare", feats, feats, feats, "--out", tmp_path / "s.nc")
+    assert res.exit_code == 2
+
+
+def test_plot_errors(tmp_path, feats):
+    res = _run("plot", tmp_path / "missing.nc", "--out", tmp_path / "x.png")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = _run("plot", feats, "--out", tmp_path / "x.png")
+    assert res.exit_code == 2 and "not a repalign score file" in " ".join(res.output.split())
