@@ -268,7 +268,7 @@ def extract(
     }
 
     start = 0
-    skipped: list[tuple[str, str]] = [tuple(s) for s in dataset.skipped]  # type: ignore[misc]
+    skipped: list[tuple[str, str]] = [tuple(s) for s in getattr(dataset, "skipped", ())]  # type: ignore[misc]
     file: FeatureFile | None = None
     if cfg.resume and out.exists():
         file = FeatureFile.append_to(out)

@@ -1,0 +1,205 @@
+"""The runner end to end: files, resume after an interruption or a kill, skipped images."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+from repalign.data.captions import read_captions_tsv
+from repalign.data.synthetic import SyntheticCaptions
+from repalign.extract.run import extract
+from repalign.models.hf import HFTextAdapter
+from repalign.models.timm_vision import TimmVisionAdapter
+from repalign.store.features import open_features
+from tests.extract._tiny import tiny_bert, tiny_tokenizer, tiny_vit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _text_adapter(tmp_path):
+    tok = tiny_tokenizer(tmp_path)
+    return HFTextAdapter(tiny_bert(len(tok)), tok)
+
+
+def _load(path):
+    ds = open_features(path).load()
+    ds.close()
+    return ds
+
+
+def _same_file(a, b):
+    """Identical up to the creation time."""
+    a, b = _load(a), _load(b)
+    for ds in (a, b):
+        ds.attrs.pop("created")
+    xr.testing.assert_identical(a, b)
+
+
+def test_extract_writes_a_complete_self_describing_file(tmp_path):
+    adapter = _text_adapter(tmp_path)
+    res = extract(adapter, SyntheticCaptions(20), tmp_path / "f.nc", batch_size=8, progress=False,
+                  dataset_name="synthetic:20", layers=["text.layer.*"])  # fmt: skip
+    assert res.complete and res.n_written == 20
+    ds = _load(tmp_path / "f.nc")
+    assert list(ds.data_vars) == ["text.layer.0", "text.layer.1"]
+    assert list(ds.sample_id.values) == [f"synthetic-0-{i:06d}" for i in range(20)]
+    assert ds.attrs["complete"] == 1 and ds.attrs["model"] == "hf-text"
+    assert ds.attrs["pooling"] == "mean" and ds.attrs["compute_dtype"] == "float32"
+    assert json.loads(ds.attrs["config_json"])["run"]["batch_size"] == 8
+    assert "torch" in json.loads(ds.attrs["versions_json"])
+    var = ds["text.layer.1"]
+    assert var.dtype == np.float32 and var.attrs["module_path"] == "encoder.layer.1"
+    assert var.attrs["depth"] == 2 and var.attrs["stream"] == "text"
+
+
+def test_existing_output_needs_resume_or_overwrite(tmp_path):
+    adapter = _text_adapter(tmp_path)
+    out = tmp_path / "f.nc"
+    extract(adapter, SyntheticCaptions(4), out, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
+        extract(adapter, SyntheticCaptions(4), out, progress=False)
+    assert out.read_bytes() == before
+    res = extract(adapter, SyntheticCaptions(6), out, progress=False, overwrite=True)
+    assert res.n_written == 6
+
+
+def test_resume_after_interrupt_gives_the_uninterrupted_file(tmp_path):
+    adapter = _text_adapter(tmp_path)
+    data = SyntheticCaptions(30)
+    opts = dict(batch_size=4, progress=False, dataset_name="synthetic:30")
+    extract(adapter, data, tmp_path / "full.nc", **opts)
+
+    calls = {"n": 0}
+    real_forward = adapter.forward
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_forward(batch)
+
+    adapter.forward = flaky  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        extract(adapter, data, tmp_path / "part.nc", **opts)
+    part = open_features(tmp_path / "part.nc")
+    assert part.sizes["sample"] == 12 and part.attrs["complete"] == 0  # 3 batches kept
+    part.close()
+    adapter.forward = real_forward  # type: ignore[method-assign]
+    res = extract(adapter, data, tmp_path / "part.nc", resume=True, **opts)
+    assert res.complete and res.n_written == 30
+    _same_file(tmp_path / "full.nc", tmp_path / "part.nc")
+    # resuming a complete file is a no-op; a different run is refused
+    assert extract(adapter, data, tmp_path / "part.nc", resume=True, **opts).complete
+    with pytest.raises(ValueError, match="different run.*pooling"):
+        extract(adapter, data, tmp_path / "part.nc", resume=True, **{**opts, "pool": "cls"})
+
+
+_KILLED_RUN = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from repalign.data.synthetic import SyntheticCaptions
+from repalign.extract.run import extract
+from repalign.models.hf import HFTextAdapter
+from tests.extract._tiny import tiny_bert, tiny_tokenizer
+
+class Slow(SyntheticCaptions):
+    def __getitem__(self, i):
+        if i == 20:
+            Path({marker!r}).touch()
+        time.sleep(0.02)
+        return super().__getitem__(i)
+
+tok = tiny_tokenizer(Path({tmp!r}))
+extract(HFTextAdapter(tiny_bert(len(tok)), tok), Slow(40), {out!r}, batch_size=4, progress=False,
+        dataset_name="synthetic:40")
+"""
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_file(tmp_path):
+    out, marker = tmp_path / "killed.nc", tmp_path / "marker"
+    script = tmp_path / "run.py"
+    script.write_text(
+        _KILLED_RUN.format(repo=str(REPO), marker=str(marker), tmp=str(tmp_path), out=str(out))
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the extraction subprocess died before it was killed"
+            assert time.monotonic() < deadline, "the extraction subprocess made no progress"
+            time.sleep(0.01)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    partial = open_features(out)
+    n = partial.sizes["sample"]
+    assert 0 < n < 40 and n % 4 == 0 and partial.attrs["complete"] == 0
+    partial.close()
+
+    adapter = _text_adapter(tmp_path)
+    data = SyntheticCaptions(40)
+    opts = dict(batch_size=4, progress=False, dataset_name="synthetic:40")
+    extract(adapter, data, out, resume=True, **opts)
+    extract(adapter, data, tmp_path / "full.nc", **opts)
+    _same_file(tmp_path / "full.nc", out)
+
+
+def _image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def test_unreadable_images_are_skipped_without_shifting_ids(tmp_path):
+    (tmp_path / "img").mkdir()
+    for i in (0, 4, 5):
+        _image(tmp_path / "img" / f"{i}.png", i)
+    (tmp_path / "img" / "2.png").write_bytes(b"not an image")
+    _image(tmp_path / "img" / "3.png", 3)
+    data = (tmp_path / "img" / "3.png").read_bytes()
+    (tmp_path / "img" / "3.png").write_bytes(data[: len(data) // 2])  # header fine, pixels cut
+    rows = ["caption\timage"] + [f"caption {i}\timg/{i}.png" for i in range(6)]
+    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
+
+    dataset = read_captions_tsv(tmp_path / "pairs.tsv")
+    assert [s for s, _ in dataset.skipped] == ["0000001", "0000002"]  # found when listing
+    adapter = TimmVisionAdapter(tiny_vit())
+    res = extract(adapter, dataset, tmp_path / "f.nc", batch_size=2, progress=False, pool="cls")
+    ds = _load(tmp_path / "f.nc")
+    assert list(ds.sample_id.values) == ["0000000", "0000004", "0000005"]
+    skipped = dict(json.loads(ds.attrs["skipped_json"]))
+    assert set(skipped) == {"0000001", "0000002", "0000003"}  # 3 fails only when decoded
+    assert "missing" in skipped["0000001"] and res.complete and len(res.skipped) == 3
+    # features of a kept sample do not depend on the skipped ones
+    kept = dataset[2]
+    assert kept.sample_id == "0000004"
+    alone = extract(adapter, [kept], tmp_path / "one.nc", progress=False, pool="cls")
+    assert alone.n_written == 1
+    np.testing.assert_allclose(_load(tmp_path / "one.nc")["vision.block.1"].values[0],
+                               ds["vision.block.1"].values[1], rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_bfloat16_and_tokens_pooling(tmp_path):
+    adapter = _text_adapter(tmp_path)
+    res = extract(adapter, SyntheticCaptions(6), tmp_path / "t.nc", batch_size=4, progress=False,
+                  pool="tokens", dtype="bfloat16", layers=["text.layer.1"])  # fmt: skip
+    ds = _load(tmp_path / "t.nc")
+    assert res.complete and ds.attrs["compute_dtype"] == "bfloat16"
+    var = ds["text.layer.1"]
+    assert (
+        var.dims == ("sample", "text.layer.1.token", "text.layer.1.dim") and var.dtype == np.float32
+    )
+    lengths = (~np.isnan(var.values[..., 0])).sum(1)
+    tok = adapter.tokenizer([s.text for s in SyntheticCaptions(6)])
+    assert list(lengths) == [len(ids) for ids in tok["input_ids"]]
