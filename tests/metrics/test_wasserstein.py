@@ -55,6 +55,19 @@ def test_identity_and_unit_permutation_give_exactly_zero():
     )
 
 
+def test_near_identical_units_are_resolved_beyond_gemm_rounding():
+    """A perturbation of 1e-9 is far below the GEMM form's cancellation noise (~1e-7 here)."""
+    x, _ = _pair(60, 12, 12)
+    x = x * 100.0
+    g = torch.Generator().manual_seed(4)
+    y = x[:, torch.randperm(12, generator=g)] + 1e-9 * torch.randn(
+        60, 12, generator=g, dtype=torch.float64
+    )
+    expected = oracles.soft_matching_equal_width(x.numpy(), y.numpy())
+    assert 1e-9 < expected < 1e-7
+    assert float(wasserstein_distance(x, y)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_duplicated_units_are_at_distance_zero_for_different_widths():
     x, _ = _pair(40, 6, 6)
     assert float(wasserstein_distance(x, torch.cat([x, x], dim=1))) < 1e-12
