@@ -187,6 +187,9 @@ def extract(
         raise typer.Exit(130) from None
     except (ValueError, FileExistsError) as exc:
         raise _fail(str(exc)) from None
+    if result.already_complete:
+        Console().print(f"{out} is already complete ({result.n_written} samples); nothing to do")
+        return
     msg = f"wrote {result.n_written} samples x {len(result.layers)} layers to {out} in {result.seconds:.1f}s"
     if result.skipped:
         msg += f"; skipped {len(result.skipped)} unreadable sample(s) (see `repalign info {out}`)"

@@ -72,6 +72,7 @@ class ExtractResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     complete: bool = False
+    already_complete: bool = False  # --resume found a finished file and did nothing
 
 
 def check_output(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
@@ -285,8 +286,10 @@ def extract(
                 out,
                 int(old[schema.N_WRITTEN]),
             )
-            return ExtractResult(out, [i.name for i in layers], int(old[schema.N_WRITTEN]), n_total,
-                                 [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])], 0.0, True)  # fmt: skip
+            return ExtractResult(
+                out, [i.name for i in layers], int(old[schema.N_WRITTEN]), n_total,
+                [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])], 0.0, True, True,
+            )  # fmt: skip
         start = int(old[schema.NEXT_INDEX])
         skipped = [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])]  # type: ignore[misc]
         log.info(
