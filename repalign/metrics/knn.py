@@ -3,8 +3,9 @@
 Both metrics look only at each sample's ``k`` nearest neighbours: rows are
 L2-normalised, similarity is the inner product (cosine), and a row is never its
 own neighbour. Neighbours are found by blocks of rows, so memory stays
-``O(n * chunk_size)``: ``n = 100,000`` works on a GPU without an ``n x n`` matrix.
-After the top-k pass everything works on the sparse ``(n, k)`` neighbour lists.
+``O(n * (chunk_size + k))``: ``n = 100,000`` works on a GPU without an ``n x n``
+matrix. After the top-k pass everything works on the sparse ``(n, k)``
+neighbour lists (edges numbered ``i * n + j`` and found by binary search).
 
 Ties: when several candidates share the k-th largest similarity, the ones with
 the lowest row index are taken, so the neighbour sets do not depend on the
@@ -27,14 +28,17 @@ _BLOCK_BYTES = 64 * 1024**2  # default size of one (chunk, n) block of similarit
 class KnnState:
     """One layer reduced to its k-nearest-neighbour graph.
 
-    ``indices[i]`` are the ``k`` neighbours of row ``i`` (never ``i`` itself),
-    ``similarities[i]`` the cosine similarities to them. ``self_hsic`` is the
-    kNN-masked unbiased HSIC of the layer with itself (CKNNA only).
+    ``indices[i]`` are the ``k`` neighbours of row ``i`` in ascending order
+    (never ``i`` itself), ``similarities[i]`` the cosine similarities to them.
+    ``keys`` numbers the edges ``i -> j`` as ``i * n + j``; row-major order
+    with sorted rows makes it sorted, so edges are looked up by binary search.
+    ``self_hsic`` is the kNN-masked unbiased HSIC of the layer with itself
+    (CKNNA only).
     """
 
-    indices: torch.Tensor  # (n, k) int64
+    indices: torch.Tensor  # (n, k) int64, each row ascending
     similarities: torch.Tensor  # (n, k) compute dtype
-    chunk_size: int
+    keys: torch.Tensor  # (n * k,) int64, ascending
     self_hsic: torch.Tensor | None = None
 
     @property
@@ -107,8 +111,9 @@ def _lowest_index_ties(
 def knn_graph(x: torch.Tensor, k: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` most similar other rows of each row of ``x`` (rows already unit-norm).
 
-    Returns ``(indices, similarities)``, both ``(n, k)``; computes the ``(n, n)``
-    similarity matrix ``chunk_size`` rows at a time.
+    Returns ``(indices, similarities)``, both ``(n, k)``, each row's indices
+    ascending; computes the ``(n, n)`` similarity matrix ``chunk_size`` rows at
+    a time.
     """
     n = x.shape[0]
     indices = torch.empty(n, k, dtype=torch.long, device=x.device)
@@ -120,7 +125,7 @@ def knn_graph(x: torch.Tensor, k: int, chunk_size: int) -> tuple[torch.Tensor, t
         # a sample is excluded from its own neighbours by its index: -inf cannot tie any similarity
         block[rows, rows + start] = float("-inf")
         values, idx = torch.topk(block, k, dim=1, sorted=False)
-        idx = _lowest_index_ties(block, values, idx)
+        idx = _lowest_index_ties(block, values, idx).sort(dim=1).values
         indices[start:stop] = idx
         similarities[start:stop] = block.gather(1, idx)
     return indices, similarities
@@ -133,7 +138,10 @@ def _knn_prepare(x: torch.Tensor, *, k: int = 10, chunk_size: int | None = None)
     require_variance(x, "a layer")
     chunk = _resolve_chunk(chunk_size, n, x.element_size())
     indices, similarities = knn_graph(_normalise_rows(x), k, chunk)
-    return KnnState(indices=indices, similarities=similarities, chunk_size=chunk)
+    rows = torch.arange(n, device=x.device)[:, None]
+    return KnnState(
+        indices=indices, similarities=similarities, keys=(rows * n + indices).reshape(-1)
+    )
 
 
 def _check_compatible(a: KnnState, b: KnnState) -> None:
@@ -144,17 +152,19 @@ def _check_compatible(a: KnnState, b: KnnState) -> None:
         )
 
 
+def _find(keys: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``queries`` in the sorted ``keys`` and whether each is there."""
+    pos = torch.searchsorted(keys, queries).clamp_(max=keys.numel() - 1)
+    return pos, keys[pos] == queries
+
+
 def _knn_combine(
     a: KnnState, b: KnnState, *, k: int = 10, chunk_size: int | None = None
 ) -> torch.Tensor:
-    """Mean over rows of ``|N_a(i) ∩ N_b(i)| / k``."""
+    """Mean over rows of ``|N_a(i) ∩ N_b(i)| / k``: the edges the two graphs share."""
     _check_compatible(a, b)
-    shared = torch.zeros((), dtype=torch.long, device=a.indices.device)
-    for start in range(0, a.n, a.chunk_size):
-        ia, ib = a.indices[start : start + a.chunk_size], b.indices[start : start + a.chunk_size]
-        # neighbours within one list are distinct, so each match is one shared neighbour
-        shared += (ia[:, :, None] == ib[:, None, :]).sum()
-    return shared.to(a.similarities.dtype) / (a.n * a.k)
+    _, shared = _find(b.keys, a.keys)
+    return shared.sum().to(a.similarities.dtype) / (a.n * a.k)
 
 
 @register_metric(
@@ -181,7 +191,7 @@ def mutual_knn(
     representations have the same neighbourhoods; about ``k/(n-1)`` by chance.
 
     ``chunk_size`` is the number of rows per block of the similarity matrix
-    (default: blocks of about 64 MB); memory is ``O(n * chunk_size)``.
+    (default: blocks of about 64 MB); memory is ``O(n * (chunk_size + k))``.
     Needs ``k < n``; all-zero rows and constant inputs are errors.
     """
     x, y = check_pair(x, y, dtype=dtype, min_rows=3, why="mutual k-NN needs k < n neighbours")
@@ -202,31 +212,19 @@ def _masked_hsic(a: KnnState, b: KnnState) -> torch.Tensor:
     With ``A = M∘K``, ``B = M∘L`` (zero diagonals, not symmetric in general):
     ``[Σ_ij A_ij B_ji + ΣA ΣB / ((n-1)(n-2)) - 2 Σ(AB) / (n-2)] / (n(n-3))``,
     the formula of Huh et al.'s ``hsic_unbiased``; ``Σ(AB) = Σ_il A_il rowsum(B)_l``.
-    Every term is a sum over the at most ``n k`` edges of ``M``.
+    Every term is a sum over the at most ``n k`` edges of ``M``, found by
+    binary search among the sorted edge keys: ``O(n k)`` memory.
     """
-    n, chunk = a.n, a.chunk_size
-    a_parts, b_parts, mask_parts = [], [], []
-    for start in range(0, n, chunk):
-        ia, ib = a.indices[start : start + chunk], b.indices[start : start + chunk]
-        match = ia[:, :, None] == ib[:, None, :]  # (c, k, k): a's p-th neighbour is b's q-th
-        in_both = match.any(dim=2)
-        mask_parts.append(in_both)
-        a_parts.append(torch.where(in_both, a.similarities[start : start + chunk], 0))
-        b_sim = b.similarities[start : start + chunk][:, None, :]
-        b_parts.append(torch.where(match, b_sim, 0).sum(dim=2))
-    # the edges of M and A, B on them, aligned with a.indices (0 off M): (n, k)
-    on_mask, a_vals, b_vals = torch.cat(mask_parts), torch.cat(a_parts), torch.cat(b_parts)
-    b_rows = b_vals.sum(dim=1)  # rowsum(B)
-    cross = (a_vals * b_rows[a.indices]).sum()  # Σ(AB)
-
-    trace = a_vals.new_zeros(())  # Σ_ij A_ij B_ji: needs the reverse edge j -> i in M
-    for start in range(0, n, chunk):
-        cols = a.indices[start : start + chunk]  # (c, k) the j of each edge
-        me = torch.arange(start, start + cols.shape[0], device=cols.device)[:, None, None]
-        back = (a.indices[cols] == me) & on_mask[cols]  # (c, k, k) position of i in row j
-        b_back = torch.where(back, b_vals[cols], 0).sum(dim=2)  # B_ji, 0 if (j, i) not in M
-        trace = trace + (a_vals[start : start + chunk] * b_back).sum()
-
+    n = a.n
+    pos, on_mask = _find(b.keys, a.keys)  # a's edges that b has too: the edges of M
+    a_vals = torch.where(on_mask, a.similarities.reshape(-1), 0)  # A on a's edge list
+    b_vals = torch.where(on_mask, b.similarities.reshape(-1)[pos], 0)  # B on a's edge list
+    b_rows = b_vals.reshape(n, -1).sum(dim=1)  # rowsum(B)
+    cross = (a_vals * b_rows[a.indices.reshape(-1)]).sum()  # Σ(AB)
+    # Σ_ij A_ij B_ji: look up the reverse edge j -> i among a's edges, keep it if it is in M
+    rows = torch.arange(n, device=a.keys.device).repeat_interleave(a.k)
+    back, found = _find(a.keys, a.indices.reshape(-1) * n + rows)
+    trace = (a_vals * torch.where(found, b_vals[back], 0)).sum()
     hsic = trace + a_vals.sum() * b_vals.sum() / ((n - 1) * (n - 2)) - 2 * cross / (n - 2)
     return hsic / (n * (n - 3))
 
@@ -286,7 +284,7 @@ def cknna(
     in general: ``cknna(x, y)`` and ``cknna(y, x)`` can differ slightly.
 
     Needs ``2 <= k < n`` and ``n >= 4``; raises where a self-HSIC is not
-    positive (no epsilon). Memory ``O(n * chunk_size)``, as for mutual k-NN.
+    positive (no epsilon). Memory ``O(n * (chunk_size + k))``, as for mutual k-NN.
     """
     x, y = check_pair(
         x, y, dtype=dtype, min_rows=4, why="the unbiased HSIC of Song et al. 2012 divides by n(n-3)"
