@@ -11,7 +11,14 @@ from repalign.metrics.knn import cknna, knn_graph, mutual_knn
 from tests.metrics import oracles_knn as oracles
 from tests.metrics._data import related_pair
 
-SHAPES = [(40, 6, 5, 5), (30, 12, 9, 3), (25, 3, 4, 2), (60, 12, 9, 10), (16, 1, 2, 4), (30, 5, 4, 26)]
+SHAPES = [
+    (40, 6, 5, 5),
+    (30, 12, 9, 3),
+    (25, 3, 4, 2),
+    (60, 12, 9, 10),
+    (16, 1, 2, 4),
+    (30, 5, 4, 26),
+]
 
 
 @pytest.fixture(params=SHAPES, ids=lambda s: "n{}-d{}-d{}-k{}".format(*s))
