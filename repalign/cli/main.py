@@ -16,6 +16,7 @@ VERB_MODULES: tuple[str, ...] = (
     "repalign.cli.metrics_cmd",
     "repalign.cli.extract_cmd",
     "repalign.cli.compare_cmd",
+    "repalign.cli.train_cmd",
 )
 
 app = typer.Typer(

@@ -68,7 +68,8 @@ class DataConfig:
     seed: int = 0
     image_size: int = 64
     images: str | None = None  # image folder for TSV / jsonl data
-    eval_path: str | None = None  # held-out file for TSV / jsonl data
+    eval_path: str | None = None  # held-out (dev) file for TSV / jsonl data
+    test_path: str | None = None  # fine-tuning: a test jsonl reported next to dev
     cache: str | None = None  # an image cache made by `repalign data cache`
 
 
@@ -110,7 +111,9 @@ class FinetuneConfig:
     model: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     patience: int = 5  # evaluations without AUROC improvement before stopping; 0 disables
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="synthetic-binary"))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(name="synthetic-binary", n_train=1000, n_eval=500)
+    )
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=20))
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, eval_every=50))
 

@@ -88,7 +88,8 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
     starts with a pretrained prefix (``optim.pretrained_prefixes``, else the
     model's ``pretrained_prefixes`` attribute) train at ``pretrained_lr_scale`` x lr.
     """
-    prefixes = tuple(optim.pretrained_prefixes or getattr(model, "pretrained_prefixes", ()) or ())
+    own = getattr(model, "pretrained_prefixes", ())
+    prefixes = tuple(optim.pretrained_prefixes or (own() if callable(own) else own) or ())
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -29,7 +29,6 @@ def toy_collate(indices: list[int]) -> dict[str, torch.Tensor]:
 
 
 class ToyModel(nn.Module):
-    pretrained_prefixes = ("encoder.",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,6 +39,9 @@ class ToyModel(nn.Module):
         self.tied = nn.Linear(16, 16, bias=False)
         self.tied_again = nn.Linear(16, 16, bias=False)
         self.tied_again.weight = self.tied.weight
+
+    def pretrained_prefixes(self) -> tuple[str, ...]:
+        return ("encoder.",)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.norm(torch.relu(self.encoder(batch["x"])))

@@ -1,0 +1,185 @@
+"""``repalign train pretrain|finetune``, ``repalign plot-training`` and ``repalign data cache``.
+
+Config precedence: dataclass defaults < ``--config FILE.yaml`` < shortcut flags
+(``--preset``, ``--tasks`` ...) < ``key=value`` overrides after the flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger(__name__)
+
+train_app = typer.Typer(help="Pretrain or fine-tune the in-package ViLBERT.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare data for training.", no_args_is_help=True)
+
+OVERRIDES = typer.Argument(
+    None, help="Config overrides key=value, e.g. optim.lr=1e-3 loop.eval_every=100"
+)
+
+
+def _flag_overrides(**flags: object) -> list[str]:
+    """Shortcut flags -> ``key=value`` overrides (flags left at None are not set)."""
+    out = []
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            value = "[" + ",".join(str(v) for v in value) + "]"
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        out.append(f"{key}={value}")
+    return out
+
+
+def _data_overrides(data: str | None) -> list[str]:
+    """``synthetic``, ``synthetic:N`` (N training pairs), a cache folder, or a data file."""
+    if data is None:
+        return []
+    if data.startswith("synthetic:"):
+        name, _, n = data.partition(":")
+        return [f"data.name={name}", f"data.n_train={int(n)}"]
+    if Path(data).is_dir() and (Path(data) / "cache.json").is_file():
+        return [f"data.cache={data}"]
+    return [f"data.name={data}"]
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def pretrain(
+    overrides: list[str] = OVERRIDES,
+    config: Path | None = typer.Option(None, "--config", "-c", help="A run config YAML."),
+    preset: str | None = typer.Option(None, help="Model preset: tiny or base."),
+    data: str | None = typer.Option(
+        None, help="synthetic, synthetic:N, a captions .tsv, or an image cache folder."
+    ),
+    tasks: str | None = typer.Option(None, help="Comma-separated subset of mlm,mim,ap,itc."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
+    steps: int | None = typer.Option(None, help="Optimizer steps."),
+    batch_size: int | None = typer.Option(None, help="Pairs per step."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
+    probe_metrics: str | None = typer.Option(
+        None, help="Alignment probes between the streams, e.g. cka,mutual_knn."
+    ),
+    probe_every: int | None = typer.Option(None, help="Probe every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN/last identically."),
+) -> None:
+    """Pretrain ViLBERT (MLM, contrastive MIM, AP, ITC); writes RUN/eval.json."""
+    from repalign.train.config import PretrainConfig, load_config
+    from repalign.train.pretrain import run_pretraining
+
+    flags = _flag_overrides(
+        preset=preset,
+        tasks=tasks.split(",") if tasks else None,
+        out=out,
+        **{
+            "loop.steps": steps,
+            "batch_size": batch_size,
+            "loop.device": device,
+            "loop.compile": compile,
+            "probe.metrics": probe_metrics.split(",") if probe_metrics else None,
+            "probe.every": probe_every,
+        },
+    )
+    try:
+        cfg = load_config(
+            PretrainConfig, config, [*flags, *_data_overrides(data), *(overrides or [])]
+        )
+        result = run_pretraining(cfg, resume=resume)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        _fail(err)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+def finetune(
+    overrides: list[str] = OVERRIDES,
+    config: Path | None = typer.Option(None, "--config", "-c", help="A run config YAML."),
+    init: str | None = typer.Option(None, help="Pretraining run dir or checkpoint dir."),
+    from_scratch: bool | None = typer.Option(
+        None, "--from-scratch/--pretrained", help="Ignore --init's weights (the baseline)."
+    ),
+    data: str | None = typer.Option(
+        None, help="synthetic-binary, or a train .jsonl (set data.eval_path=dev.jsonl)."
+    ),
+    out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
+    steps: int | None = typer.Option(None, help="Optimizer steps (at most)."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda ..."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN/last identically."),
+) -> None:
+    """Fine-tune on a binary image-text task; early stopping on dev AUROC; writes RUN/eval.json."""
+    from repalign.train.config import FinetuneConfig, load_config
+    from repalign.train.finetune import run_finetuning
+
+    flags = _flag_overrides(
+        init=init,
+        from_scratch=from_scratch,
+        out=out,
+        **{"data.name": data, "loop.steps": steps, "loop.device": device},
+    )
+    try:
+        cfg = load_config(FinetuneConfig, config, [*flags, *(overrides or [])])
+        result = run_finetuning(cfg, resume=resume)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        _fail(err)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+def plot_training(
+    run_dir: Path = typer.Argument(..., help="A training run directory (with log.jsonl)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="PNG path (default RUN/training.png)."
+    ),
+) -> None:
+    """Draw loss and accuracy per task, and alignment probes, vs step."""
+    from repalign.train.plot import plot_training as draw
+
+    try:
+        path = draw(run_dir, out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(str(path))
+
+
+def cache(
+    data: str = typer.Argument(
+        ..., help="synthetic[:N[:SEED]], a captions .tsv, a memes .jsonl ..."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create."),
+    size: int = typer.Option(64, help="Side of the cached square images in pixels."),
+    images: Path | None = typer.Option(None, help="Image folder (default: next to the file)."),
+) -> None:
+    """Decode and resize every image once into one memory-mapped file."""
+    from repalign.data.cache import build_cache
+    from repalign.data.loading import load_dataset
+
+    try:
+        if data.startswith("synthetic"):
+            from repalign.data.synthetic import SyntheticCaptions
+
+            parts = data.split(":")[1:]
+            n = int(parts[0]) if parts and parts[0] else 512
+            seed = int(parts[1]) if len(parts) > 1 else 0
+            dataset = SyntheticCaptions(n, seed=seed, image_size=size)
+        else:
+            dataset = load_dataset(data, images=images)
+        path = build_cache(dataset, out, size=size, source=data)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+    typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    train_app.command("pretrain")(pretrain)
+    train_app.command("finetune")(finetune)
+    app.add_typer(train_app, name="train")
+    data_app.command("cache")(cache)
+    app.add_typer(data_app, name="data")
+    app.command("plot-training")(plot_training)

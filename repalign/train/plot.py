@@ -1,0 +1,119 @@
+"""``plot-training RUN_DIR``: loss and accuracy per task, and alignment probes, vs step.
+
+Reads ``RUN/log.jsonl`` and draws one row of panels: losses (train lines, held-out
+evaluations as markers), accuracies, and, when the run logged probes, each probe
+metric between the text and vision streams per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+_SKIP = {"step", "split", "lr", "pairs_per_s", "grad_norm", "loss"}
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a training run directory?")
+    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    if not records:
+        raise ValueError(f"{path} is empty: the run has not logged a step yet")
+    return records
+
+
+def _series(records: list[dict[str, Any]], split: str) -> dict[str, tuple[list[int], list[float]]]:
+    out: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for r in records:
+        if r.get("split") != split:
+            continue
+        for k, v in r.items():
+            if k in ("step", "split") or not isinstance(v, int | float) or v != v:
+                continue
+            out[k][0].append(r["step"])
+            out[k][1].append(float(v))
+    return dict(out)
+
+
+def _task(name: str) -> str:
+    """``noise_mlm_attribute_accuracy`` -> ``mlm_attribute``: the colour key of a series."""
+    name = name.removeprefix("noise_")
+    for suffix in ("_loss", "_accuracy"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw the run's curves to ``out`` (default ``RUN/training.png``); return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "training.png"
+    records = read_log(run_dir)
+    train, evals, probes = (_series(records, s) for s in ("train", "eval", "probe"))
+
+    def keys(pattern: str) -> list[str]:
+        names = {k for k in (*train, *evals) if re.search(pattern, k) and k not in _SKIP}
+        return sorted(n for n in names if not n.startswith("noise_")) + sorted(
+            n for n in names if n.startswith("noise_")
+        )
+
+    losses, accuracies = keys(r"_loss$"), keys(r"_accuracy$|^accuracy$|^auroc$")
+    if not losses and "loss" in train:
+        losses = ["loss"]
+    probe_metrics = sorted({k.split("_", 1)[0] for k in probes})
+    panels = [("loss", losses, "log"), ("accuracy", accuracies, "linear")]
+    panels += [
+        (f"{m} (text vs vision)", [k for k in probes if k.startswith(f"{m}_")], "linear")
+        for m in probe_metrics
+    ]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        raise ValueError(f"{run_dir / 'log.jsonl'} holds no loss, accuracy or probe values to plot")
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    tasks = sorted({_task(n) for _, names, _ in panels[:2] for n in names})
+    colour_of = {t: palette(i % 10) for i, t in enumerate(tasks)}
+    for ax, (title, names, scale) in zip(axes[0], panels, strict=True):
+        if title.endswith("(text vs vision)"):
+            for i, name in enumerate(names):
+                steps, values = probes[name]
+                ax.plot(
+                    steps, values, "o-", color=palette(i % 10), ms=3, label=name.split("_", 1)[1]
+                )
+        for name in names if not title.endswith("(text vs vision)") else []:
+            task = _task(name)
+            noise = name.startswith("noise_")
+            style = "--" if noise else "-"
+            label = f"{task}, image = noise" if noise else task
+            if name in train:
+                ax.plot(*train[name], style, color=colour_of[task], alpha=0.5, lw=1.2)
+            if name in evals:
+                ax.plot(*evals[name], "o" + style, color=colour_of[task], ms=4, lw=1.8, label=label)
+            elif name in train:
+                ax.lines[-1].set_label(label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_yscale(scale)
+        if title == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+            ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(
+        f"training run {run_dir.name}   (thin lines: training batches; dots: held-out evaluation)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
