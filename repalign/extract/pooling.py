@@ -61,10 +61,9 @@ def pool(
         if mask is None:
             return h.mean(dim=1)
         m = mask[:, num_prefix_tokens:].to(h.dtype).unsqueeze(-1)  # (B, T', 1)
-        count = m.sum(dim=1)
-        if bool((count == 0).any()):
-            raise ValueError(f"{layer}: a sample has no non-padding token to average")
-        return (h * m).sum(dim=1) / count
+        # No check for all-padding rows here: it would force a device sync per layer; such
+        # a row (impossible for tokenised text, which keeps [CLS]) comes out NaN.
+        return (h * m).sum(dim=1) / m.sum(dim=1)
     out = hidden.float()
     if mask is not None:
         out = out.masked_fill(~mask.bool().unsqueeze(-1), float("nan"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from PIL import Image
 
@@ -203,3 +204,23 @@ def test_bfloat16_and_tokens_pooling(tmp_path):
     lengths = (~np.isnan(var.values[..., 0])).sum(1)
     tok = adapter.tokenizer([s.text for s in SyntheticCaptions(6)])
     assert list(lengths) == [len(ids) for ids in tok["input_ids"]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pool", ["mean", "cls", "tokens"])
+def test_cuda_extraction_matches_cpu(tmp_path, pool):
+    """The pinned-buffer / event path on CUDA writes the same features as the CPU path."""
+    adapter = _text_adapter(tmp_path)
+    data = SyntheticCaptions(24)
+    opts = dict(batch_size=8, progress=False, pool=pool)
+    extract(adapter, data, tmp_path / "cpu.nc", device="cpu", **opts)
+    extract(adapter, data, tmp_path / "gpu.nc", device="cuda", **opts)
+    a, b = _load(tmp_path / "cpu.nc"), _load(tmp_path / "gpu.nc")
+    assert list(a.sample_id.values) == list(b.sample_id.values)
+    for name in a.data_vars:
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-4, atol=1e-4)
+    vit = TimmVisionAdapter(tiny_vit())
+    extract(vit, SyntheticCaptions(10), tmp_path / "v.nc", device="cuda", dtype="bfloat16", batch_size=4,
+            progress=False, pool=pool if pool != "tokens" else "cls")  # fmt: skip
+    assert _load(tmp_path / "v.nc").attrs["complete"] == 1
