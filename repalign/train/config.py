@@ -182,16 +182,23 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise ValueError(f"{where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def _build(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
+def _build(cls: type[T], values: Mapping[str, Any], where: str = "", base: T | None = None) -> T:
+    """``base`` (default ``cls()``) with ``values`` replaced; nested dataclasses are updated
+    from the parent's own default (a FinetuneConfig's data keeps its ``synthetic-binary``)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    base = cls() if base is None else base
     kwargs = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
             raise ValueError(f"unknown config key {path!r}.{_did_you_mean(key, names)}")
-        kwargs[key] = _coerce(hints[key], value, path)
-    base = cls()
+        if is_dataclass(hints[key]):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{path} must be a mapping, got {value!r}")
+            kwargs[key] = _build(hints[key], value, path, getattr(base, key))
+        else:
+            kwargs[key] = _coerce(hints[key], value, path)
     return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
 
 

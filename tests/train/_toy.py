@@ -29,7 +29,6 @@ def toy_collate(indices: list[int]) -> dict[str, torch.Tensor]:
 
 
 class ToyModel(nn.Module):
-
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.Linear(4, 16)

@@ -44,3 +44,9 @@ def test_wrong_types_are_named():
         load_config(PretrainConfig, overrides=["optim.schedule=step"])
     with pytest.raises(FileNotFoundError):
         load_config(FinetuneConfig, "missing.yaml")
+
+
+def test_nested_override_keeps_the_parent_default():
+    cfg = load_config(FinetuneConfig, overrides=["data.n_train=10", "loop.eval_every=7"])
+    assert cfg.data.name == "synthetic-binary" and cfg.data.n_train == 10
+    assert cfg.loop.eval_every == 7 and cfg.loop.steps == FinetuneConfig().loop.steps
