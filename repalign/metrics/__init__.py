@@ -9,8 +9,10 @@ from repalign.metrics._registry import MetricSpec, get_metric, list_metrics, reg
 from repalign.metrics.cca import cca, pwcca, svcca
 from repalign.metrics.cka import cka
 from repalign.metrics.grid import pairwise
+from repalign.metrics.knn import cknna, mutual_knn
 from repalign.metrics.stats import bootstrap_ci, permutation_test
 from repalign.metrics.streaming import StreamingCCA, StreamingCKA
+from repalign.metrics.wasserstein import wasserstein_distance
 
 __all__ = [
     "MetricSpec",
@@ -19,11 +21,14 @@ __all__ = [
     "bootstrap_ci",
     "cca",
     "cka",
+    "cknna",
     "get_metric",
     "list_metrics",
+    "mutual_knn",
     "pairwise",
     "permutation_test",
     "pwcca",
     "register_metric",
     "svcca",
+    "wasserstein_distance",
 ]
