@@ -1,7 +1,10 @@
 """Image-caption pairs from files: the Conceptual Captions layout (TSV + image folder).
 
 The TSV has one pair per row, ``caption<TAB>image``; the image path is relative
-to ``images`` (default: the TSV's folder). An optional header row ``caption
+to ``images`` (default: the TSV's folder). The image column may instead hold the
+Conceptual Captions image URL: URLs are resolved through ``url_map.tsv`` in the image
+folder (``url<TAB>local path`` per line, written by whatever downloaded them); a URL
+without a local file is skipped like a missing image. An optional header row ``caption
 image`` (any case) is skipped. ``sample_id`` is the 0-based data-row number,
 zero-padded (``"0000012"``), so it never shifts when other rows are skipped.
 
@@ -61,9 +64,15 @@ def check_image(path: Path) -> str | None:
 class ImageTextRecords(Sequence[Sample]):
     """Samples from file records; images are opened lazily, unreadable ones skipped."""
 
-    def __init__(self, records: Iterable[Record], *, check_images: bool = True) -> None:
+    def __init__(
+        self,
+        records: Iterable[Record],
+        *,
+        check_images: bool = True,
+        skipped: Iterable[tuple[str, str]] = (),
+    ) -> None:
         self._records: list[Record] = []
-        self._skipped: list[tuple[str, str]] = []
+        self._skipped: list[tuple[str, str]] = list(skipped)  # found by the file reader
         for rec in records:
             reason = check_image(rec.image_path) if (check_images and rec.image_path) else None
             if reason is None:
@@ -107,11 +116,13 @@ def read_captions_tsv(path: str | Path, images: str | Path | None = None) -> Ima
     path = Path(path)
     root = Path(images) if images is not None else path.parent
     records = []
+    skipped: list[tuple[str, str]] = []
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read captions TSV {path}: {exc}") from None
+    url_map = _read_url_map(root / URL_MAP)
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["caption", "image"]:
         rows = rows[1:]
     width = len(str(max(len(rows) - 1, 0)))
@@ -120,5 +131,31 @@ def read_captions_tsv(path: str | Path, images: str | Path | None = None) -> Ima
             raise ValueError(
                 f"{path}, data row {i}: expected 'caption<TAB>image', got {len(row)} column(s)"
             )
-        records.append(Record(f"{i:0{max(width, 7)}d}", row[0], root / row[1].strip()))
-    return ImageTextRecords(records)
+        image = row[1].strip()
+        if image.startswith(("http://", "https://")):
+            local = url_map.get(image)
+            if local is None:
+                skipped.append(
+                    (
+                        f"{i:0{max(width, 7)}d}",
+                        f"image URL not downloaded (not in {URL_MAP}): {image}",
+                    )
+                )
+                continue
+            image = local
+        records.append(Record(f"{i:0{max(width, 7)}d}", row[0], root / image))
+    return ImageTextRecords(records, skipped=skipped)
+
+
+URL_MAP = "url_map.tsv"
+
+
+def _read_url_map(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    out = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) >= 2:
+                out[row[0].strip()] = row[1].strip()
+    return out

@@ -104,3 +104,12 @@ def test_unknown_and_missing_files(tmp_path):
     (tmp_path / "bin.tsv").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ValueError, match="cannot read captions TSV"):
         load_dataset(str(tmp_path / "bin.tsv"))
+
+
+def test_tsv_urls_resolved_through_url_map(tmp_path):
+    _img(tmp_path / "dl" / "0001.jpg")
+    (tmp_path / "dl" / "url_map.tsv").write_text("https://x.org/a.jpg\t0001.jpg\n")
+    (tmp_path / "cc.tsv").write_text("a cat\thttps://x.org/a.jpg\na dog\thttps://x.org/b.jpg\n")
+    ds = load_dataset(str(tmp_path / "cc.tsv"), images=tmp_path / "dl")
+    assert [s.sample_id for s in ds] == ["0000000"] and ds[0].image.size == (8, 8)
+    assert ds.skipped[0][0] == "0000001" and "not downloaded" in ds.skipped[0][1]
