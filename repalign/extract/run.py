@@ -223,6 +223,40 @@ def _check_resume(
             )
 
 
+def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) -> dict[str, Any]:
+    """The global attrs of the feature file this run writes (provenance)."""
+    prov = adapter.provenance()
+    run_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite", "progress")}
+    versions = library_versions()
+    return {
+        "repalign_version": versions["repalign"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": adapter.name,
+        "checkpoint": prov["checkpoint"],
+        "checkpoint_sha256": prov["checkpoint_sha256"],
+        "dataset": cfg.dataset_name,
+        "pooling": how,
+        "compute_dtype": cfg.dtype,
+        "config_json": json.dumps(
+            {"adapter": json.loads(prov["config_json"]), "run": run_cfg}, sort_keys=True
+        ),
+        "versions_json": json.dumps(versions, sort_keys=True),
+        schema.N_TOTAL: n_total,
+    }
+
+
+def _open_for_resume(
+    out: Path, attrs: Mapping[str, Any], layers: Sequence[LayerInfo], dataset: SampleDataset
+) -> FeatureFile:
+    file = FeatureFile.append_to(out)
+    try:
+        _check_resume(file, attrs, layers, dataset)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
 def extract(
     adapter: Adapter,
     dataset: SampleDataset,
@@ -249,36 +283,15 @@ def extract(
             f"tokens pooling cannot produce derived layers {derived}; leave them out of --layers"
         )
     n_total = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
-
-    prov = adapter.provenance()
-    run_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite", "progress")}
-    attrs: dict[str, Any] = {
-        "repalign_version": library_versions()["repalign"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": adapter.name,
-        "checkpoint": prov["checkpoint"],
-        "checkpoint_sha256": prov["checkpoint_sha256"],
-        "dataset": cfg.dataset_name,
-        "pooling": how,
-        "compute_dtype": cfg.dtype,
-        "config_json": json.dumps(
-            {"adapter": json.loads(prov["config_json"]), "run": run_cfg}, sort_keys=True
-        ),
-        "versions_json": json.dumps(library_versions(), sort_keys=True),
-        schema.N_TOTAL: n_total,
-    }
+    attrs = _file_attrs(adapter, cfg, how, n_total)
 
     start = 0
     skipped: list[tuple[str, str]] = [tuple(s) for s in getattr(dataset, "skipped", ())]  # type: ignore[misc]
     file: FeatureFile | None = None
     if cfg.resume and out.exists():
-        file = FeatureFile.append_to(out)
-        try:
-            _check_resume(file, attrs, layers, dataset)
-        except BaseException:
-            file.close()
-            raise
+        file = _open_for_resume(out, attrs, layers, dataset)
         old = file.attrs
+        skipped = [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])]  # type: ignore[misc]
         if int(old.get("complete", 0)) == 1:
             file.close()
             log.info(
@@ -286,12 +299,9 @@ def extract(
                 out,
                 int(old[schema.N_WRITTEN]),
             )
-            return ExtractResult(
-                out, [i.name for i in layers], int(old[schema.N_WRITTEN]), n_total,
-                [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])], 0.0, True, True,
-            )  # fmt: skip
+            return ExtractResult(out, [i.name for i in layers], int(old[schema.N_WRITTEN]), n_total,
+                                 skipped, 0.0, complete=True, already_complete=True)  # fmt: skip
         start = int(old[schema.NEXT_INDEX])
-        skipped = [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])]  # type: ignore[misc]
         log.info(
             "resuming %s at dataset position %d (%d samples written)", out, start, file.n_written
         )
@@ -312,12 +322,12 @@ def extract(
     try:
         with record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
                 torch.no_grad(), _progress(cfg.progress, n_total, start, out.name) as advance:  # fmt: skip
+            skipped_changed = True  # the file gets the list with its first batch
             for batch in loader:
                 skipped += batch.skipped
-                progress = {
-                    schema.NEXT_INDEX: batch.next_index,
-                    schema.SKIPPED_JSON: json.dumps(skipped),
-                }
+                progress: dict[str, Any] = {schema.NEXT_INDEX: batch.next_index}
+                if skipped_changed or batch.skipped:  # rewriting it every batch would be O(n^2)
+                    progress[schema.SKIPPED_JSON] = json.dumps(skipped)
                 if batch.sample_ids:
                     inputs = _to_device(batch.inputs, device, dtype)
                     feats = rec.run(
@@ -325,8 +335,10 @@ def extract(
                         masks=adapter.token_masks(inputs),
                     )
                     writer.submit(batch.sample_ids, feats, progress)
+                    skipped_changed = False
                 elif writer.file is not None or file is not None:
                     writer.submit([], {}, progress)
+                    skipped_changed = False
                 advance(batch.next_index)
         finished = True
     except KeyboardInterrupt:
