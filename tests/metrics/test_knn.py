@@ -68,6 +68,18 @@ def test_cknna_is_not_symmetric_in_general():
     assert float(mutual_knn(x, y, k=5)) == float(mutual_knn(y, x, k=5))
 
 
+def test_cknna_range_is_not_a_hard_bound():
+    """The documented caveat, reproduced: 1-D features, CKNNA slightly above 1 by its definition."""
+    rng = np.random.default_rng(587)
+    n, k = int(rng.integers(12, 41)), int(rng.integers(2, 20))
+    rng.integers(1, 11, size=2)  # two draws the recorded case spent on feature widths
+    x = rng.standard_normal((n, 1))
+    y = -x * rng.standard_normal((1, 1)) ** 2 + 0.1 * rng.standard_normal((n, 1))
+    value = float(cknna(x, y, k=k))
+    assert value == pytest.approx(oracles.cknna(x, y, k), rel=1e-10)
+    assert 1.0 < value < 1.01
+
+
 @pytest.mark.parametrize("metric", [mutual_knn, cknna])
 def test_identity_is_one(metric):
     x, _ = related_pair(50, 8, 3)
