@@ -2,5 +2,15 @@
 
 from repalign.extract.hooks import Recorder, record, select_layers
 from repalign.extract.pooling import POOLINGS, pool
+from repalign.extract.run import ExtractConfig, ExtractResult, extract
 
-__all__ = ["POOLINGS", "Recorder", "pool", "record", "select_layers"]
+__all__ = [
+    "POOLINGS",
+    "ExtractConfig",
+    "ExtractResult",
+    "Recorder",
+    "extract",
+    "pool",
+    "record",
+    "select_layers",
+]

@@ -224,3 +224,35 @@ def test_cuda_extraction_matches_cpu(tmp_path, pool):
     extract(vit, SyntheticCaptions(10), tmp_path / "v.nc", device="cuda", dtype="bfloat16", batch_size=4,
             progress=False, pool=pool if pool != "tokens" else "cls")  # fmt: skip
     assert _load(tmp_path / "v.nc").attrs["complete"] == 1
+
+
+def test_resume_refuses_a_changed_data_file(tmp_path):
+    from repalign.data.captions import ImageTextRecords, Record
+
+    adapter = _text_adapter(tmp_path)
+    rows = [Record(f"r{i}", f"a red circle {i}", None) for i in range(12)]
+    calls = {"n": 0}
+    real_forward = adapter.forward
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_forward(batch)
+
+    adapter.forward = flaky  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        extract(adapter, ImageTextRecords(rows), tmp_path / "p.nc", batch_size=4, progress=False)
+    adapter.forward = real_forward  # type: ignore[method-assign]
+    changed = ImageTextRecords([Record("other", "x", None), *rows[1:]])
+    with pytest.raises(ValueError, match="not the start of this dataset"):
+        extract(adapter, changed, tmp_path / "p.nc", batch_size=4, progress=False, resume=True)
+    res = extract(
+        adapter,
+        ImageTextRecords(rows),
+        tmp_path / "p.nc",
+        batch_size=4,
+        progress=False,
+        resume=True,
+    )
+    assert res.complete and res.n_written == 12
