@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from repalign.store.scores import LayerAxis  # noqa: E402
+from repalign.store.scores import layer_axis  # noqa: E402
 
 #: cells per side up to which each heatmap cell is annotated with its value
 ANNOTATE_MAX = 14
@@ -130,14 +130,6 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     return fig
 
 
-def _axis(ds: xr.Dataset, side: str) -> LayerAxis:
-    return LayerAxis(
-        tuple(str(v) for v in ds[f"layer_{side}"].values),
-        tuple(str(v) for v in ds[f"stream_{side}"].values),
-        tuple(float(v) for v in ds[f"depth_{side}"].values),
-    )
-
-
 def _pick(m: xr.Dataset, var: str, cells: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
     """Values of ``var`` at the ``(rows, cols)`` cells, or ``None`` if the file lacks it."""
     return m[var].values[cells] if var in m else None
@@ -154,7 +146,7 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     from repalign.compare import matched_pairs
 
     names = _metrics(ds, metrics)
-    axis_a, axis_b = _axis(ds, "a"), _axis(ds, "b")
+    axis_a, axis_b = layer_axis(ds, "a"), layer_axis(ds, "b")
     same = axis_a.names == axis_b.names
     pairs = matched_pairs(axis_a, axis_b, same=same)
     if not pairs:

@@ -76,6 +76,15 @@ class MetricScores:
     stats: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def layer_axis(ds: xr.Dataset, side: str) -> LayerAxis:
+    """The ``"a"`` or ``"b"`` layer axis of a score Dataset."""
+    return LayerAxis(
+        tuple(str(v) for v in ds[f"layer_{side}"].values),
+        tuple(str(v) for v in ds[f"stream_{side}"].values),
+        tuple(float(v) for v in ds[f"depth_{side}"].values),
+    )
+
+
 def metric_label(name: str, params: Mapping[str, Any]) -> str:
     """Coordinate label of a metric run: its name, plus any options in brackets.
 
