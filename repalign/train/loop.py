@@ -317,9 +317,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.optim_cfg.lr * group["lr_scale"] * factor
 
-    def _train_step(
+    def train_step(
         self, micro_batches: list[Any]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """One optimizer step over ``micro_batches`` (gradient accumulation); metrics stay
+        on the device. The learning rate is whatever ``fit`` last set."""
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for batch in micro_batches:
@@ -369,7 +371,7 @@ class Trainer:
                     self._set_lr()
                     micro = [next(batches) for _ in range(accum)]
                     pairs += sum(_batch_size(b) for b in micro)
-                    metrics, grad_norm = self._train_step(micro)
+                    metrics, grad_norm = self.train_step(micro)
                     if grad_norm is not None:
                         metrics["grad_norm"] = grad_norm.detach().float()
                     for k, v in metrics.items():

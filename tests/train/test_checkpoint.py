@@ -126,7 +126,7 @@ def test_mismatched_checkpoint_gives_a_clear_error(tmp_path):
 def test_interrupt_saves_last(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, steps=10)
     calls = {"n": 0}
-    real = trainer._train_step
+    real = trainer.train_step
 
     def flaky(micro):
         calls["n"] += 1
@@ -134,7 +134,7 @@ def test_interrupt_saves_last(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(micro)
 
-    monkeypatch.setattr(trainer, "_train_step", flaky)
+    monkeypatch.setattr(trainer, "train_step", flaky)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_trainer_state(tmp_path / "last")["step"] == 3

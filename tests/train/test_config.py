@@ -50,3 +50,13 @@ def test_nested_override_keeps_the_parent_default():
     cfg = load_config(FinetuneConfig, overrides=["data.n_train=10", "loop.eval_every=7"])
     assert cfg.data.name == "synthetic-binary" and cfg.data.n_train == 10
     assert cfg.loop.eval_every == 7 and cfg.loop.steps == FinetuneConfig().loop.steps
+
+
+@pytest.mark.parametrize("name", ["vilbert-tiny", "vilbert-base", "finetune-tiny"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    cls = FinetuneConfig if name.startswith("finetune") else PretrainConfig
+    cfg = load_config(cls, path)
+    assert cfg.out.startswith("runs/")

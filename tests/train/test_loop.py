@@ -58,8 +58,8 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
     optim, loop = toy_configs(1)
     tb = Trainer(big, None, run_dir=tmp_path / "a", optim=optim, loop=loop)
     ts = Trainer(small, None, run_dir=tmp_path / "b", optim=optim, loop=loop)
-    tb._train_step([batch])
-    ts._train_step(halves)
+    tb.train_step([batch])
+    ts.train_step(halves)
     for p, q in zip(big.parameters(), small.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
