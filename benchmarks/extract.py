@@ -153,13 +153,19 @@ def main() -> None:
     table = Table(title=(f"extraction vs bare forward: ViT depth {args.depth} width {args.width} "
                          f"{args.img_size}px, batch {batch} x {n_batches}, {args.dtype}, {device} ({name}), "
                          f"torch threads {torch.get_num_threads()}"))  # fmt: skip
-    for col in ("mode", "median s", "images/s", "ratio to bare"):
+    for col in ("mode", "median s", "min-max s", "images/s", "ratio to bare"):
         table.add_column(col, justify="right")
     for mode, ts in times.items():
         s = statistics.median(ts)
-        table.add_row(mode, f"{s:.3f}", f"{n_images / s:.1f}", f"{base / s:.3f}")
+        table.add_row(
+            mode,
+            f"{s:.3f}",
+            f"{min(ts):.3f}-{max(ts):.3f}",
+            f"{n_images / s:.1f}",
+            f"{base / s:.3f}",
+        )
     w_rows = max(n_batches, 20) * batch
-    table.add_row("writer only", f"{w_seconds:.3f}", f"{w_rows / w_seconds:.0f} rows/s",
+    table.add_row("writer only", f"{w_seconds:.3f}", "", f"{w_rows / w_seconds:.0f} rows/s",
                   f"{w_mb / w_seconds:.1f} MB/s")  # fmt: skip
     Console(width=160).print(table)
 
