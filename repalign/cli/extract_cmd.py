@@ -142,6 +142,9 @@ def extract(
         "float32", "--dtype", help="Compute dtype: float32 | bfloat16 | float16."
     ),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    workers: int = typer.Option(
+        2, "--workers", min=1, help="Threads loading and preprocessing batches ahead."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N samples."),
     max_length: int | None = typer.Option(
@@ -174,7 +177,7 @@ def extract(
         raise _fail(str(exc)) from None
     adapter = _load_adapter(model, ckpt, text_model, vision_model, model_arg, max_length)
     config = ExtractConfig(
-        layers=layer or None, pool=pool, dtype=dtype, batch_size=batch_size, device=device,
+        layers=layer or None, pool=pool, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
         limit=limit, resume=resume, overwrite=overwrite, stop_early=early_stop,
         progress=progress, dataset_name=data,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 :func:`extract` loops over a dataset in batches under ``torch.no_grad()`` with the
 model in ``eval()`` mode, pools the selected layers inside forward hooks, and
 streams the pooled features to a netCDF file from a background thread while the
-next batch is loaded (a prefetch thread) and run. Each batch is committed to disk
+next batches are loaded (worker threads) and run. Each batch is committed to disk
 as soon as it is written, so an interrupted run (Ctrl-C, a killed process) loses at
 most the batches in flight, and ``resume=True`` continues from the last committed
 batch to the same file an uninterrupted run writes.
@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import queue
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from repalign.data.base import Sample, SampleDataset
-from repalign.data.captions import UnreadableImage
+from repalign.data.base import SampleDataset
 from repalign.extract.hooks import record, select_layers
+from repalign.extract.loader import BatchLoader
 from repalign.extract.pooling import check_pooling
 from repalign.extract.writer import AsyncWriter
 from repalign.models.base import Adapter, LayerInfo
@@ -54,6 +52,7 @@ class ExtractConfig:
     pool: str = "mean"
     dtype: str = "float32"
     batch_size: int = 32
+    workers: int = 2  # threads loading and collating batches ahead of the model
     device: str = "cpu"
     limit: int | None = None
     resume: bool = False
@@ -124,73 +123,6 @@ def _to_device(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if isinstance(obj, Mapping):
         return {k: _to_device(v, device, dtype) for k, v in obj.items()}
     return obj
-
-
-@dataclass
-class _Batch:
-    sample_ids: list[str]
-    inputs: dict[str, Any]
-    next_index: int  # dataset position after this batch
-    skipped: list[tuple[str, str]]  # samples that failed to load in this batch
-
-
-def _batches(
-    adapter: Adapter, dataset: SampleDataset, start: int, stop: int, batch_size: int
-) -> Iterator[_Batch]:
-    """Load and collate ``dataset[start:stop]`` in batches; unloadable samples are skipped."""
-    index = start
-    while index < stop:
-        samples: list[Sample] = []
-        skipped: list[tuple[str, str]] = []
-        end = min(index + batch_size, stop)
-        for i in range(index, end):
-            try:
-                samples.append(dataset[i])
-            except UnreadableImage as exc:
-                skipped.append((exc.sample_id, exc.reason))
-        index = end
-        inputs = adapter.collate(samples) if samples else {}
-        yield _Batch([s.sample_id for s in samples], inputs, index, skipped)
-
-
-class _Prefetcher:
-    """Runs a batch iterator in a thread, ``depth`` batches ahead of the consumer."""
-
-    def __init__(self, it: Iterator[_Batch], depth: int = 2) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._fill, args=(it,), name="repalign-loader", daemon=True
-        )
-        self._thread.start()
-
-    def _fill(self, it: Iterator[_Batch]) -> None:
-        try:
-            for item in it:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as exc:
-            self._queue.put(exc)
-            return
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[_Batch]:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 def _check_resume(
@@ -316,7 +248,7 @@ def extract(
     adapter.to(device, dtype)
     adapter.model.eval()
     writer = AsyncWriter(open_new, file=file)
-    loader = _Prefetcher(_batches(adapter, dataset, start, n_total, cfg.batch_size))
+    loader = BatchLoader(adapter, dataset, start, n_total, cfg.batch_size, workers=cfg.workers)
     t0 = time.perf_counter()
     finished = False
     try:
@@ -345,7 +277,6 @@ def extract(
         log.warning("interrupted: finishing the batches already computed; continue with --resume")
         raise
     finally:
-        loader.close()
         writer.close()
         written_file = writer.file
         n_written = written_file.n_written if written_file is not None else 0

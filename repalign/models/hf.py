@@ -8,6 +8,7 @@ depth N+1), the same tensors as ``output_hidden_states`` ``hidden_states[0]`` an
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ class HFTextAdapter(Adapter):
         self.max_length = max_length
         self.source = source
         self._layers = text_layers(model)
+        # fast tokenizers are not safe to call from several threads at once ("Already borrowed")
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -115,13 +118,15 @@ class HFTextAdapter(Adapter):
         return list(self._layers)
 
     def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
-        enc = self.tokenizer(
-            require_texts(samples, self.name),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        texts = require_texts(samples, self.name)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
         return dict(enc)
 
     def provenance(self) -> dict[str, str]:
