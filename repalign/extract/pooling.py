@@ -55,7 +55,8 @@ def pool(
             raise ValueError(
                 f"{layer} has no class token; use --pool mean (or tokens) for this layer"
             )
-        return hidden[:, cls_index].float()
+        # a copy, not a view: a view would keep the whole (B, T, D) output alive until written
+        return hidden[:, cls_index].to(torch.float32, copy=True)
     if how == "mean":
         h = hidden[:, num_prefix_tokens:].float()
         if mask is None:

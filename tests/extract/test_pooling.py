@@ -51,3 +51,9 @@ def test_errors():
     assert torch.isnan(pool(h, "mean", mask=torch.zeros_like(mask))).all()  # visible, not silent
     with pytest.raises(ValueError, match="batch, tokens, width"):
         pool(h[..., None], "mean")
+
+
+def test_cls_does_not_keep_the_token_sequence_alive():
+    h, _ = _data()
+    out = pool(h, "cls")
+    assert out.untyped_storage().nbytes() == out.numel() * 4  # its own storage, not a view of h
