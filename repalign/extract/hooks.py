@@ -91,9 +91,12 @@ class Recorder:
         self.masks: Mapping[str, torch.Tensor | None] = {}
         self._pooled: dict[str, torch.Tensor] = {}
         self._pending: set[str] = set()
+        self._active = False  # hooks record only inside run()
 
     def _hook(self, infos: list[LayerInfo]) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self._active:
+                return
             for info in infos:
                 hidden = _select_output(output, info)
                 self._pooled[info.name] = pool(
@@ -120,10 +123,13 @@ class Recorder:
         self.masks = masks or {}
         self._pooled = {}
         self._pending = {info.name for info in self.hooked}
+        self._active = True
         try:
             forward()
         except _StopForward:
             pass
+        finally:
+            self._active = False
         missing = sorted(self._pending)
         if missing:
             raise RuntimeError(

@@ -113,3 +113,13 @@ def test_layer_not_called_is_reported():
         record(m, [LayerInfo("x", "nope", "text", 1, 1.0)]),
     ):
         pass
+
+
+def test_calls_outside_run_are_not_recorded_nor_stopped():
+    m = _model()
+    t, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    with record(m, LAYERS[:1], "mean", stop_early=True) as rec, torch.no_grad():
+        m(t, v)  # a plain call inside the block runs to the end
+        assert m.tail_calls == 1
+        assert set(rec.run(lambda: m(t, v))) == {"text.tower.0"}
+        assert m.tail_calls == 1  # this one stopped after text.tower.0
