@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device session: GPU tests and every benchmark on CUDA, logs under $OUT.
+# Run from the repo root on the lent GPU machine (see benchmarks/README.md);
+# carry .whl with the wheels the device image lacks (pot, netCDF4, cftime, ckatorch).
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, timm, transformers; print('torch', torch.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+step() {  # step NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  echo "=== $name"; timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.txt" | tail -n 40
+}
+step pytest_gpu 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests
+step metrics_cuda 140 python3 benchmarks/metrics.py --device cuda --knn-n 100000
+step extract_cuda 80 python3 benchmarks/extract.py --device cuda
+step train_cuda 140 python3 benchmarks/train.py --device cuda
+step scale_cuda 60 python3 benchmarks/scale.py --device cuda --timeout 25 --plot "$OUT/scale_cuda.png" --json "$OUT/scale_cuda.json"
