@@ -100,6 +100,10 @@ def create_timm_model(
         model_args = dict(cfg.get("model_args", {}))
         if "num_classes" in cfg:
             model_args["num_classes"] = cfg["num_classes"]
+        if isinstance(
+            cfg.get("pretrained_cfg"), dict
+        ):  # its mean/std/input size drive preprocessing
+            model_args["pretrained_cfg_overlay"] = cfg["pretrained_cfg"]
         if weights is None:
             weights = next((str(path / f) for f in _WEIGHT_FILES if (path / f).exists()), None)
     else:

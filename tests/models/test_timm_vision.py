@@ -66,8 +66,13 @@ def test_load_from_timm_directory_restores_weights(tmp_path):
     model_args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     (tmp_path / "vit" / "config.json").write_text(
         json.dumps(
-            {"architecture": "vit_tiny_patch16_224", "num_classes": 0, "model_args": model_args}
-        )
+            {
+                "architecture": "vit_tiny_patch16_224",
+                "num_classes": 0,
+                "model_args": model_args,
+                "pretrained_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]},
+            }
+        )  # fmt: skip
     )
     save_file(model.state_dict(), tmp_path / "vit" / "model.safetensors")
     adapter = TimmVisionAdapter.load(vision_model=str(tmp_path / "vit"))
@@ -76,6 +81,12 @@ def test_load_from_timm_directory_restores_weights(tmp_path):
     ):
         torch.testing.assert_close(a, b, msg=k)
     assert len(adapter.provenance()["checkpoint_sha256"]) == 64
+    normalize = adapter.transform.transforms[-1]
+    assert [round(float(m), 3) for m in normalize.mean] == [
+        0.1,
+        0.2,
+        0.3,
+    ]  # the directory's data config
     # the same weights through --vision-model NAME --ckpt FILE
     again = TimmVisionAdapter.load(
         vision_model="vit_tiny_patch16_224", ckpt=str(tmp_path / "vit" / "model.safetensors"),
