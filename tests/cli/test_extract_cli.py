@@ -97,3 +97,34 @@ def test_clear_errors(bert_dir, tmp_path):
     assert "KEY=VALUE" in _err(
         ["layers", "timm-vision", "--vision-model", "x", "--model-arg", "oops"]
     )
+
+
+def _write_formats(root):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "img").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, dtype=np.uint8)).save(
+            root / "img" / f"{i}.png"
+        )
+    (root / "c.tsv").write_text("".join(f"caption {i}\timg/{i}.png\n" for i in range(3)))
+    coco = {"images": [{"id": i, "file_name": f"img/{i}.png"} for i in range(3)],
+            "annotations": [{"id": 100 + i, "image_id": i, "caption": f"caption {i}"} for i in range(3)]}  # fmt: skip
+    (root / "c.json").write_text(json.dumps(coco))
+    (root / "m.jsonl").write_text("".join(json.dumps({"id": i, "img": f"img/{i}.png", "label": i % 2,
+                                                      "text": f"meme {i}"}) + "\n" for i in range(3)))  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "ids"), [("c.tsv", ["0000000", "0000001", "0000002"]),
+                                           ("c.json", ["100", "101", "102"]),
+                                           ("m.jsonl", ["0", "1", "2"])])  # fmt: skip
+def test_extract_each_data_format(tmp_path, data, ids):
+    _write_formats(tmp_path)
+    out = tmp_path / "f.nc"
+    _ok(["extract", "-m", "timm-vision", *TINY_VIT, "--data", str(tmp_path / data), "--pool", "cls",
+         "--out", str(out), "--no-progress"])  # fmt: skip
+    with open_features(out) as ds:
+        assert list(ds.sample_id.values) == ids and ds.attrs["complete"] == 1
