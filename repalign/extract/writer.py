@@ -88,7 +88,8 @@ class AsyncWriter:
         self._open_file = open_file
         self.file = file
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._buffers = PinnedBuffers(max_sets=max_pending + 1)
+        # in use at once: max_pending queued + one being written + one being filled
+        self._buffers = PinnedBuffers(max_sets=max_pending + 2)
         self._error: BaseException | None = None
         self.rows_written = 0
         self.seconds_writing = 0.0
