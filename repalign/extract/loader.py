@@ -8,12 +8,12 @@ processes. Samples whose image fails to decode are skipped and reported with the
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from repalign.data.base import Sample, SampleDataset
+from repalign.data.base import Sample
 from repalign.data.captions import UnreadableImage
 from repalign.models.base import Adapter
 
@@ -36,7 +36,7 @@ class BatchLoader:
     def __init__(
         self,
         adapter: Adapter,
-        dataset: SampleDataset,
+        dataset: Sequence[Sample],
         start: int,
         stop: int,
         batch_size: int,

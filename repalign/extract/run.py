@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repalign.data.base import SampleDataset
+from repalign.data.base import Sample
 from repalign.extract.hooks import record, select_layers
 from repalign.extract.loader import BatchLoader
 from repalign.extract.pooling import check_pooling
@@ -126,7 +126,10 @@ def _to_device(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 def _check_resume(
-    file: FeatureFile, attrs: Mapping[str, Any], layers: Sequence[LayerInfo], dataset: SampleDataset
+    file: FeatureFile,
+    attrs: Mapping[str, Any],
+    layers: Sequence[LayerInfo],
+    dataset: Sequence[Sample],
 ) -> None:
     old = file.attrs
     diffs = [
@@ -143,6 +146,14 @@ def _check_resume(
             + "; ".join(diffs)
             + "). Use --overwrite to start over, or another --out"
         )
+    old_run = json.loads(old.get("config_json", "{}")).get("run", {})
+    new_run = json.loads(attrs["config_json"])["run"]
+    if old_run.get("batch_size") != new_run["batch_size"]:
+        log.warning(
+            "resuming with batch size %s (the file was started with %s): values can differ from "
+            "an uninterrupted run in the last bits, as padding and kernels follow the batch",
+            new_run["batch_size"], old_run.get("batch_size"),
+        )  # fmt: skip
     ids = file.sample_ids()
     known = getattr(dataset, "sample_ids", None)
     if ids and known is not None:
@@ -178,7 +189,7 @@ def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) ->
 
 
 def _open_for_resume(
-    out: Path, attrs: Mapping[str, Any], layers: Sequence[LayerInfo], dataset: SampleDataset
+    out: Path, attrs: Mapping[str, Any], layers: Sequence[LayerInfo], dataset: Sequence[Sample]
 ) -> FeatureFile:
     file = FeatureFile.append_to(out)
     try:
@@ -191,14 +202,17 @@ def _open_for_resume(
 
 def extract(
     adapter: Adapter,
-    dataset: SampleDataset,
+    dataset: Sequence[Sample],
     out: str | Path,
     config: ExtractConfig | None = None,
     **overrides: Any,
 ) -> ExtractResult:
     """Extract pooled features of ``config.layers`` for every sample of ``dataset`` into ``out``.
 
-    Keyword ``overrides`` replace fields of ``config`` (e.g. ``pool="cls"``).
+    ``dataset`` is any sequence of samples; a repalign dataset's ``skipped`` (records left
+    out when listing) is recorded in the file, and its ``sample_ids`` (if it has them)
+    let ``resume`` check that the data did not change. Keyword ``overrides`` replace
+    fields of ``config`` (e.g. ``pool="cls"``).
     """
     cfg = ExtractConfig(**{**asdict(config or ExtractConfig()), **overrides})
     how = check_pooling(cfg.pool)
