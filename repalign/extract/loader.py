@@ -7,6 +7,7 @@ processes. Samples whose image fails to decode are skipped and reported with the
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,7 @@ class BatchLoader:
 
     ``workers`` threads each load and collate whole batches; at most
     ``workers + ahead`` batches are in flight. Iteration order is dataset order.
+    Collate calls are serialised unless the adapter sets ``collate_thread_safe``.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class BatchLoader:
         self.adapter, self.dataset = adapter, dataset
         self.start, self.stop, self.batch_size = start, stop, batch_size
         self.workers, self.ahead = workers, ahead
+        self._collate_lock = None if adapter.collate_thread_safe else threading.Lock()
 
     def load(self, index: int) -> Batch:
         """The batch starting at dataset position ``index``."""
@@ -60,7 +63,13 @@ class BatchLoader:
                 samples.append(self.dataset[i])
             except UnreadableImage as exc:
                 skipped.append((exc.sample_id, exc.reason))
-        inputs = self.adapter.collate(samples) if samples else {}
+        if not samples:
+            inputs: dict[str, Any] = {}
+        elif self._collate_lock is None:
+            inputs = self.adapter.collate(samples)
+        else:
+            with self._collate_lock:
+                inputs = self.adapter.collate(samples)
         return Batch([s.sample_id for s in samples], inputs, end, skipped)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -117,6 +117,10 @@ class Adapter(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: True if :meth:`collate` may run in several threads at once. The extractor loads
+    #: samples (image decoding) in worker threads either way; when False it serialises
+    #: collate calls (fast tokenizers, e.g., fail when called concurrently).
+    collate_thread_safe: ClassVar[bool] = False
     model: nn.Module
 
     @classmethod

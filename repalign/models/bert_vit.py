@@ -50,6 +50,7 @@ class BertViTAdapter(Adapter):
     """A ``hf-text`` and a ``timm-vision`` adapter run on the same batch."""
 
     name = "bert-vit"
+    collate_thread_safe = True  # both parts are
     description = (
         "text encoder + ViT side by side (platonic baseline); text.*, vision.*, concat.layer.N"
     )

@@ -73,6 +73,7 @@ class HFTextAdapter(Adapter):
     """A transformers encoder and its tokenizer."""
 
     name = "hf-text"
+    collate_thread_safe = True  # the tokenizer call holds a lock
     description = "any transformers text encoder (local directory or name); text.layer.N"
 
     def __init__(

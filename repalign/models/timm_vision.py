@@ -127,6 +127,7 @@ class TimmVisionAdapter(Adapter):
     """A timm ViT-style image encoder and its preprocessing."""
 
     name = "timm-vision"
+    collate_thread_safe = True  # transforms are stateless
     description = (
         "any timm ViT-style model (name or local dir, optional weights file); vision.block.N"
     )

@@ -15,13 +15,24 @@ from repalign.extract.loader import BatchLoader
 class Recorder:
     """A stand-in adapter whose collate notes which thread ran it."""
 
+    collate_thread_safe = True
+
     def __init__(self) -> None:
         self.threads: set[str] = set()
+        self.running = 0
+        self.max_running = 0
 
     def collate(self, samples):
         self.threads.add(threading.current_thread().name)
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
         time.sleep(0.01)
+        self.running -= 1
         return {"ids": [s.sample_id for s in samples]}
+
+
+class Unsafe(Recorder):
+    collate_thread_safe = False
 
 
 class Data(list):
@@ -52,3 +63,9 @@ def test_stopping_early_does_not_hang():
     t0 = time.perf_counter()
     it.close()  # type: ignore[attr-defined]
     assert time.perf_counter() - t0 < 2
+
+
+def test_collate_serialised_unless_declared_thread_safe():
+    unsafe = Unsafe()
+    list(BatchLoader(unsafe, Data(range(40)), 0, 40, 2, workers=4))  # type: ignore[arg-type]
+    assert unsafe.max_running == 1 and len(unsafe.threads) > 1  # loading still in parallel
