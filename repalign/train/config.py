@@ -55,6 +55,9 @@ class LoopConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
     compile: bool = False
     num_workers: int = 0
+    # CPU threads for torch (0: torch's default). 1 is much faster on a shared, busy
+    # machine, where OpenMP threads of several processes spin against each other.
+    threads: int = 0
     progress: bool = True
 
 
@@ -89,6 +92,8 @@ class PretrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
     tasks: list[str] = field(default_factory=lambda: ["mlm", "mim", "ap", "itc"])
     task_weights: dict[str, float] = field(default_factory=dict)
+    # Extra PretrainModel arguments, e.g. {swap_negative_ratio: 0.8, itc_dim: 64}.
+    objective: dict[str, Any] = field(default_factory=dict)
     # Probability that a task's loss is active in a given step (1.0 when absent): the
     # "different batch sizes for tasks" knob, in expectation a task's effective batch is
     # ratio x batch_size.

@@ -206,6 +206,8 @@ class Trainer:
         self.periodic = list(periodic or [])
         self.monitor, self.patience = monitor, patience
         self.device = resolve_device(loop.device)
+        if loop.threads > 0:
+            torch.set_num_threads(loop.threads)
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(model, optim),

@@ -133,7 +133,9 @@ def build(config: PretrainConfig) -> dict[str, Any]:
         patch_size=vconfig.vision_patch_size if "mim" in tasks else None,
         seed=config.loop.seed,
     )
-    model = PretrainModel(vconfig, tasks=tasks, weights=config.task_weights or None)
+    model = PretrainModel(
+        vconfig, tasks=tasks, weights=config.task_weights or None, **config.objective
+    )
     if config.task_ratios:
         model.register_forward_pre_hook(TaskSampler(tasks, config.task_ratios))
     train, held_out = pretraining_data(config.data)
@@ -197,6 +199,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
         "model": parts["vconfig"].to_dict(),
         "tasks": list(tasks),
         "task_weights": dict(config.task_weights),
+        "objective": dict(config.objective),
         "tokenizer": parts["tokenizer"],
         "preset": config.preset,
         "run": to_dict(config),
