@@ -128,7 +128,9 @@ def build(config: FinetuneConfig) -> dict[str, Any]:
     if config.init is not None:
         state, saved = load_model_weights(config.init)
         if "model" not in saved:
-            raise ValueError(f"{config.init} has no model config in config.json; is it a ViLBERT run?")
+            raise ValueError(
+                f"{config.init} has no model config in config.json; is it a ViLBERT run?"
+            )
         vconfig = ViLBERTConfig.from_dict(saved["model"])
         tokenizer_source = saved.get("tokenizer", "synthetic")
     else:
@@ -147,8 +149,12 @@ def build(config: FinetuneConfig) -> dict[str, Any]:
         "model": model,
         "vconfig": vconfig,
         "tokenizer": tokenizer_source,
-        "train_collate": ClassifierCollator(tokenizer, image_size=image_size, augment=False, seed=seed),
-        "eval_collate": ClassifierCollator(tokenizer, image_size=image_size, augment=False, seed=seed),
+        "train_collate": ClassifierCollator(
+            tokenizer, image_size=image_size, augment=False, seed=seed
+        ),
+        "eval_collate": ClassifierCollator(
+            tokenizer, image_size=image_size, augment=False, seed=seed
+        ),
         "splits": finetuning_data(config.data),
     }
 
@@ -182,7 +188,9 @@ def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str,
         optim=config.optim,
         loop=config.loop,
         run_config=run_config,
-        periodic=[Periodic("eval", config.loop.eval_every, lambda m: predict(m, evaluation["dev"]))],
+        periodic=[
+            Periodic("eval", config.loop.eval_every, lambda m: predict(m, evaluation["dev"]))
+        ],
         monitor="auroc",
         patience=config.patience,
     )
@@ -200,5 +208,11 @@ def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str,
     final = "test" if "test" in evaluation else "dev"
     result["accuracy"], result["auroc"] = result[f"{final}_accuracy"], result[f"{final}_auroc"]
     (out / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    log.info("fine-tuned (%s): %s accuracy %.4f, AUROC %.4f", out, final, result["accuracy"], result["auroc"])
+    log.info(
+        "fine-tuned (%s): %s accuracy %.4f, AUROC %.4f",
+        out,
+        final,
+        result["accuracy"],
+        result["auroc"],
+    )
     return result
