@@ -31,7 +31,7 @@ from repalign.train.batches import BatchStream
 from repalign.train.checkpoint import load_model_weights
 from repalign.train.config import DataConfig, FinetuneConfig, save_config, to_dict
 from repalign.train.data import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, eval_batches, model_device
-from repalign.train.loop import Periodic, Trainer
+from repalign.train.loop import Periodic, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str,
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
+    seed_everything(config.loop.seed)  # model initialisation is part of the run
     parts = build(config)
     model, splits = parts["model"], parts["splits"]
     seed = config.loop.seed

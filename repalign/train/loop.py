@@ -352,7 +352,7 @@ class Trainer:
         elif self.log.path.exists():
             self.log.path.unlink()
         if self.step == 0:
-            _seed_everything(self.loop.seed)
+            seed_everything(self.loop.seed)
         self.model.train()
         accum = self.loop.grad_accum
         loader = batch_loader(
@@ -438,7 +438,8 @@ class Trainer:
         return record
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch: call before building a model so runs are repeatable."""
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (global RNG on purpose)
     torch.manual_seed(seed)

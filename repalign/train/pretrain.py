@@ -24,7 +24,7 @@ from torch import nn
 from repalign.train.batches import BatchStream
 from repalign.train.config import PretrainConfig, save_config, to_dict
 from repalign.train.data import average_outputs, eval_batches, model_device, pretraining_data
-from repalign.train.loop import Periodic, Trainer
+from repalign.train.loop import Periodic, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
+    seed_everything(config.loop.seed)  # model initialisation is part of the run
     parts = build(config)
     model, tasks = parts["model"], parts["tasks"]
     n_params = sum(p.numel() for p in model.parameters())
