@@ -1,4 +1,4 @@
-"""``repalign models``, ``layers``, ``extract`` and ``info``: adapters, layers, feature files.
+"""``repalign models``, ``layers``, ``extract``, ``info`` and ``merge-features``.
 
 This module only parses options, builds objects and calls the library
 (:mod:`repalign.models`, :mod:`repalign.data.loading`, :mod:`repalign.extract.run`,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,11 @@ def extract(
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N samples."),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="K/N: extract only the K-th of N contiguous parts (merge with `repalign merge-features`). Set automatically under torchrun.",
+    ),
     max_length: int | None = typer.Option(
         None, "--max-length", min=1, help="Token limit for text models (default 128)."
     ),
@@ -166,6 +172,7 @@ def extract(
     from repalign.extract.run import ExtractConfig, check_output
     from repalign.extract.run import extract as run_extract
 
+    shard, out, device = _torchrun_shard(shard, out, device)
     try:
         check_output(out, resume=resume, overwrite=overwrite)
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -178,7 +185,7 @@ def extract(
     adapter = _load_adapter(model, ckpt, text_model, vision_model, model_arg, max_length)
     config = ExtractConfig(
         layers=layer or None, pool=pool, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
-        limit=limit, resume=resume, overwrite=overwrite, stop_early=early_stop,
+        limit=limit, shard=shard, resume=resume, overwrite=overwrite, stop_early=early_stop,
         progress=progress, dataset_name=data,
     )  # fmt: skip
     try:
@@ -197,6 +204,37 @@ def extract(
     if result.skipped:
         msg += f"; skipped {len(result.skipped)} unreadable sample(s) (see `repalign info {out}`)"
     Console().print(msg, highlight=False)
+
+
+def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | None, Path, str]:
+    """Under ``torchrun`` (WORLD_SIZE > 1) each rank extracts its own shard into its own file
+    (``OUT.shardKofN.nc``) on its own GPU, unless ``--shard`` was given explicitly."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if shard is not None or world <= 1:
+        return shard, out, device
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        device = f"cuda:{local}"
+    out = out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix}")
+    log.info(
+        "torchrun rank %d of %d: shard %d/%d -> %s on %s", rank, world, rank, world, out, device
+    )
+    return f"{rank}/{world}", out, device
+
+
+def merge_features(
+    shards: list[Path] = typer.Argument(..., help="Every shard file of one sharded extraction."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged feature file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+) -> None:
+    """Merge the shard files of a sharded extraction (``--shard K/N`` or torchrun) into one file."""
+    from repalign.store.features import merge_features as merge
+
+    try:
+        merge(shards, out, overwrite=overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    Console().print(f"merged {len(shards)} shards into {out}", highlight=False)
 
 
 def info(
@@ -246,3 +284,4 @@ def register(app: typer.Typer) -> None:
     app.command("layers")(layers)
     app.command("extract")(extract)
     app.command("info")(info)
+    app.command("merge-features")(merge_features)

@@ -41,7 +41,9 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 # attrs that must agree between a partial file and the run resuming it
-_RESUME_KEYS = ("model", "checkpoint_sha256", "dataset", "pooling", "compute_dtype", schema.N_TOTAL)
+_RESUME_KEYS = (
+    "model", "checkpoint_sha256", "dataset", "pooling", "compute_dtype", schema.N_TOTAL, schema.SHARD,
+)  # fmt: skip
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ExtractConfig:
     workers: int = 2  # threads loading and collating batches ahead of the model
     device: str = "cpu"
     limit: int | None = None
+    shard: str | None = None  # "K/N": only the K-th of N contiguous parts of the dataset
     resume: bool = False
     overwrite: bool = False
     stop_early: bool = True
@@ -130,7 +133,9 @@ def _check_resume(
     attrs: Mapping[str, Any],
     layers: Sequence[LayerInfo],
     dataset: Sequence[Sample],
+    lo: int,
 ) -> None:
+    """Refuse to resume ``file`` with a different run or changed data (``lo``: first position)."""
     old = file.attrs
     diffs = [
         f"{k}: file has {old.get(k)!r}, this run {attrs[k]!r}"
@@ -158,12 +163,25 @@ def _check_resume(
     known = getattr(dataset, "sample_ids", None)
     if ids and known is not None:
         skipped_at_load = {s for s, _ in json.loads(old.get(schema.SKIPPED_JSON, "[]"))}
-        expected = [s for s in known[: int(old[schema.NEXT_INDEX])] if s not in skipped_at_load]
+        expected = [s for s in known[lo : int(old[schema.NEXT_INDEX])] if s not in skipped_at_load]
         if expected != ids:
             raise ValueError(
                 f"cannot resume {file.path}: its sample ids are not the start of this dataset "
                 "(the data file changed?). Use --overwrite to start over"
             )
+
+
+def shard_range(n: int, shard: str | None) -> tuple[int, int]:
+    """Dataset positions ``[start, stop)`` of shard ``"K/N"`` of ``n`` (all of them for None)."""
+    if not shard:
+        return 0, n
+    try:
+        k, total = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes K/N (e.g. 0/4), got {shard!r}") from None
+    if not (total >= 1 and 0 <= k < total):
+        raise ValueError(f"--shard {shard}: need 0 <= K < N")
+    return k * n // total, (k + 1) * n // total
 
 
 def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) -> dict[str, Any]:
@@ -185,15 +203,20 @@ def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) ->
         ),
         "versions_json": json.dumps(versions, sort_keys=True),
         schema.N_TOTAL: n_total,
+        schema.SHARD: cfg.shard or "",
     }
 
 
 def _open_for_resume(
-    out: Path, attrs: Mapping[str, Any], layers: Sequence[LayerInfo], dataset: Sequence[Sample]
+    out: Path,
+    attrs: Mapping[str, Any],
+    layers: Sequence[LayerInfo],
+    dataset: Sequence[Sample],
+    lo: int,
 ) -> FeatureFile:
     file = FeatureFile.append_to(out)
     try:
-        _check_resume(file, attrs, layers, dataset)
+        _check_resume(file, attrs, layers, dataset, lo)
     except BaseException:
         file.close()
         raise
@@ -228,14 +251,17 @@ def extract(
         raise ValueError(
             f"tokens pooling cannot produce derived layers {derived}; leave them out of --layers"
         )
-    n_total = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+    lo, hi = shard_range(
+        len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset)), cfg.shard
+    )
+    n_total = hi - lo
     attrs = _file_attrs(adapter, cfg, how, n_total)
 
-    start = 0
+    start = lo
     skipped: list[tuple[str, str]] = [tuple(s) for s in getattr(dataset, "skipped", ())]  # type: ignore[misc]
     file: FeatureFile | None = None
     if cfg.resume and out.exists():
-        file = _open_for_resume(out, attrs, layers, dataset)
+        file = _open_for_resume(out, attrs, layers, dataset, lo)
         old = file.attrs
         skipped = [tuple(s) for s in json.loads(old[schema.SKIPPED_JSON])]  # type: ignore[misc]
         if int(old.get("complete", 0)) == 1:
@@ -262,12 +288,12 @@ def extract(
     adapter.to(device, dtype)
     adapter.model.eval()
     writer = AsyncWriter(open_new, file=file)
-    loader = BatchLoader(adapter, dataset, start, n_total, cfg.batch_size, workers=cfg.workers)
+    loader = BatchLoader(adapter, dataset, start, hi, cfg.batch_size, workers=cfg.workers)
     t0 = time.perf_counter()
     finished = False
     try:
         with record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
-                torch.no_grad(), _progress(cfg.progress, n_total, start, out.name) as advance:  # fmt: skip
+                torch.no_grad(), _progress(cfg.progress, n_total, start - lo, out.name) as advance:  # fmt: skip
             skipped_changed = True  # the file gets the list with its first batch
             for batch in loader:
                 skipped += batch.skipped
@@ -285,7 +311,7 @@ def extract(
                 elif writer.file is not None or file is not None:
                     writer.submit([], {}, progress)
                     skipped_changed = False
-                advance(batch.next_index)
+                advance(batch.next_index - lo)
         finished = True
     except KeyboardInterrupt:
         log.warning("interrupted: finishing the batches already computed; continue with --resume")

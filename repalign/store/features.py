@@ -207,3 +207,75 @@ def open_features(path: str | Path, *, require_complete: bool = False) -> xr.Dat
 def skipped_samples(ds: xr.Dataset) -> list[tuple[str, str]]:
     """``(sample_id, reason)`` for samples the extraction skipped (unreadable images)."""
     return [tuple(x) for x in json.loads(ds.attrs.get(schema.SKIPPED_JSON, "[]"))]  # type: ignore[misc]
+
+
+_SAME_IN_EVERY_SHARD = ("model", "checkpoint_sha256", "dataset", "pooling", "compute_dtype")
+
+
+def merge_features(
+    paths: Sequence[str | Path], out: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Concatenate the complete shard files of one sharded extraction (``--shard K/N``, or one
+    file per ``torchrun`` rank) into one feature file, in shard order."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} already exists; pass overwrite=True (--overwrite) or another path"
+        )
+    shards: dict[int, xr.Dataset] = {}
+    n_parts = set()
+    for path in paths:
+        with open_features(path, require_complete=True) as ds:
+            ds = ds.load()
+        spec = str(ds.attrs.get(schema.SHARD, ""))
+        if "/" not in spec:
+            raise ValueError(f"{path} is not a shard file (no '{schema.SHARD}' attr K/N)")
+        k, n = (int(x) for x in spec.split("/"))
+        if k in shards:
+            raise ValueError(f"shard {k}/{n} given twice ({path})")
+        shards[k] = ds
+        n_parts.add(n)
+    if len(n_parts) != 1 or sorted(shards) != list(range(next(iter(n_parts)))):
+        raise ValueError(
+            f"need every shard 0..N-1 of one extraction exactly once; got {sorted(shards)} of {sorted(n_parts)}"
+        )
+    parts = [shards[k] for k in sorted(shards)]
+    first = parts[0]
+    for part in parts[1:]:
+        diffs = [
+            k for k in _SAME_IN_EVERY_SHARD if str(part.attrs.get(k)) != str(first.attrs.get(k))
+        ]
+        if diffs or list(part.data_vars) != list(first.data_vars):
+            raise ValueError(
+                f"shard {part.attrs[schema.SHARD]} differs from shard 0 in {diffs or 'layers'}"
+            )
+    # tokens pooling: shards may have different token counts; pad with NaN to the longest
+    for dim in {d for p in parts for d in p.dims if d.endswith(".token")}:
+        longest = max(p.sizes[dim] for p in parts)
+        parts = [p.pad({dim: (0, longest - p.sizes[dim])}, constant_values=np.nan) for p in parts]
+    merged = xr.concat(parts, dim=schema.SAMPLE_DIM, data_vars="all", coords="different",
+                       compat="equals", combine_attrs="override")  # fmt: skip
+    ids = merged[schema.SAMPLE_ID].values
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            "the shards share sample ids; they do not come from one sharded extraction"
+        )
+    skipped: list = []
+    for part in parts:
+        skipped += [
+            s for s in json.loads(part.attrs.get(schema.SKIPPED_JSON, "[]")) if s not in skipped
+        ]
+    merged.attrs.update({
+        schema.SHARD: "",
+        schema.N_WRITTEN: merged.sizes[schema.SAMPLE_DIM],
+        schema.N_TOTAL: sum(int(p.attrs[schema.N_TOTAL]) for p in parts),
+        schema.NEXT_INDEX: int(parts[-1].attrs[schema.NEXT_INDEX]),
+        schema.SKIPPED_JSON: json.dumps(skipped),
+        "complete": 1,
+    })  # fmt: skip
+    for name in merged.data_vars:
+        merged[name].encoding = {"_FillValue": _FILL}
+    tmp = out.with_name(out.name + ".partial")
+    merged.to_netcdf(tmp, engine="netcdf4", unlimited_dims=[schema.SAMPLE_DIM])
+    tmp.replace(out)  # never leave a half-written merge under the final name
+    return out

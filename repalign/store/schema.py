@@ -59,3 +59,4 @@ NEXT_INDEX = "next_index"  # dataset positions consumed so far (written + skippe
 N_TOTAL = "n_total"  # dataset positions the run covers (len(dataset), or --limit)
 SKIPPED_JSON = "skipped_json"  # JSON list of [sample_id, reason] for samples that could not be read
 PROGRESS_FEATURE_ATTRS = (N_WRITTEN, NEXT_INDEX, N_TOTAL, SKIPPED_JSON)
+SHARD = "shard"  # "K/N" when the file holds shard K of N of a sharded extraction, else ""

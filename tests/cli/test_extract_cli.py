@@ -128,3 +128,19 @@ def test_extract_each_data_format(tmp_path, data, ids):
          "--out", str(out), "--no-progress"])  # fmt: skip
     with open_features(out) as ds:
         assert list(ds.sample_id.values) == ids and ds.attrs["complete"] == 1
+
+
+def test_torchrun_ranks_write_shards_that_merge(bert_dir, tmp_path, monkeypatch):
+    base = ["extract", "-m", "hf-text", "--text-model", bert_dir, "--data", "synthetic:9", "-b", "4",
+            "--out", str(tmp_path / "f.nc"), "--no-progress"]  # fmt: skip
+    for rank in range(2):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        _ok(base)
+    monkeypatch.delenv("WORLD_SIZE")
+    shards = [str(tmp_path / f"f.shard{r}of2.nc") for r in range(2)]
+    assert "merged 2 shards" in _ok(["merge-features", *shards, "--out", str(tmp_path / "m.nc")])
+    with open_features(tmp_path / "m.nc") as ds:
+        assert list(ds.sample_id.values) == [f"synthetic-0-{i:06d}" for i in range(9)]
+    assert "already exists" in _err(["merge-features", *shards, "--out", str(tmp_path / "m.nc")])
+    assert "every shard" in _err(["merge-features", shards[0], "--out", str(tmp_path / "n.nc")])

@@ -265,3 +265,25 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
         resume=True,
     )
     assert res.complete and res.n_written == 12
+
+
+def test_shards_merge_to_the_unsharded_file(tmp_path):
+    from repalign.store.features import merge_features
+
+    adapter = _text_adapter(tmp_path)
+    data = SyntheticCaptions(22)
+    opts = dict(batch_size=4, progress=False, dataset_name="synthetic:22", pool="tokens")
+    extract(adapter, data, tmp_path / "full.nc", **opts)
+    parts = [tmp_path / f"s{k}.nc" for k in range(3)]
+    for k, path in enumerate(parts):
+        res = extract(adapter, data, path, shard=f"{k}/3", **opts)
+        assert res.n_total == [7, 7, 8][k]
+    with pytest.raises(ValueError, match="every shard"):
+        merge_features(parts[:2], tmp_path / "m.nc")
+    merge_features(parts[::-1], tmp_path / "m.nc")
+    full, merged = _load(tmp_path / "full.nc"), _load(tmp_path / "m.nc")
+    xr.testing.assert_identical(full.drop_attrs(deep=False), merged.drop_attrs(deep=False))
+    for key in ("model", "pooling", "dataset", "complete", "n_written", "n_total", "next_index"):
+        assert str(full.attrs[key]) == str(merged.attrs[key]), key
+    with pytest.raises(ValueError, match="K/N"):
+        extract(adapter, data, tmp_path / "x.nc", shard="3", **opts)
