@@ -223,6 +223,12 @@ def info_nce(
     return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
 
 
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real tokens: states (B, T, H), mask (B, T) -> (B, H)."""
+    m = mask.to(states.dtype)[..., None]
+    return (states * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """states (B, L, H), index (B, k) -> (B, k, H)."""
     return states.gather(1, index[..., None].expand(-1, -1, states.size(-1)))
@@ -267,14 +273,18 @@ class PretrainModel(nn.Module):
             self.heads["ap"] = PairHead(h, config.dropout)
         if "itc" in self.tasks:
             self.heads["itc"] = ContrastiveHead(h, itc_dim)
-        # With a subset of tasks some parameters feed no loss (e.g. the vision stream's
-        # last feed-forward under MLM alone); a zero-weighted touch gives them a zero
-        # gradient so DDP can run with find_unused_parameters=False.
-        self._touch_all = set(self.tasks) != set(TASKS)
 
     def pretrained_prefixes(self) -> tuple[str, ...]:
         """Parameter-name prefixes of pretrained towers (for a smaller learning rate)."""
         return tuple(f"vilbert.{p}" for p in self.vilbert.pretrained_prefixes())
+
+    @property
+    def _touch_all(self) -> bool:
+        """With a subset of tasks (selected, or active this step: ``self.tasks`` may be
+        narrowed by a task sampler) some parameters feed no loss, e.g. the vision stream's
+        last feed-forward under MLM alone. A zero-weighted touch then gives them a zero
+        gradient so DDP can run with ``find_unused_parameters=False``."""
+        return set(self.tasks) != set(TASKS)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
@@ -286,7 +296,9 @@ class PretrainModel(nn.Module):
             text, vision = model.encode_text(ids, mask), model.encode_image(pixels)
             sim = None
             if "itc" in self.tasks:
-                sim = self.heads["itc"](text[:, 0], vision[:, 0])  # (B texts, B images)
+                # (B texts, B images) on mean-pooled unimodal states: early in training
+                # the [CLS] tokens carry almost no per-sample signal, means do.
+                sim = self.heads["itc"](masked_mean(text, mask), vision[:, 1:].mean(1))
                 losses["itc"], metrics["itc_accuracy"] = contrastive_loss(
                     sim, batch.get("caption_group")
                 )

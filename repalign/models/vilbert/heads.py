@@ -52,21 +52,22 @@ class MIMHead(nn.Module):
 class PairHead(nn.Module):
     """One logit per image-text pair from the fused pooled outputs.
 
-    As in ViLBERT, the two pooled vectors are combined by element-wise product
-    (then a small MLP); used for alignment prediction and for fine-tuning.
+    ViLBERT combines the two pooled vectors by element-wise product; a product of two
+    near-zero vectors at initialisation passes almost no gradient, so the head also
+    sees both vectors themselves: MLP over ``[t, v, t * v]``.
     """
 
     def __init__(self, hidden_size: int, dropout: float) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense = nn.Linear(3 * hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.out = nn.Linear(hidden_size, 1)
         self.apply(init_weights)
 
     def forward(self, text_pooled: torch.Tensor, vision_pooled: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(text_pooled * vision_pooled)
-        return self.out(self.norm(F.gelu(self.dense(x)))).squeeze(-1)  # (B,)
+        x = torch.cat([text_pooled, vision_pooled, text_pooled * vision_pooled], dim=-1)
+        return self.out(self.norm(F.gelu(self.dense(self.dropout(x))))).squeeze(-1)  # (B,)
 
 
 class ContrastiveHead(nn.Module):

@@ -41,5 +41,11 @@ def samples32():
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Seeded, and one intra-op thread: these models are tiny, and on a shared 2-core
+    machine a second OpenMP thread that gets descheduled makes every step ~10x slower."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
