@@ -38,11 +38,15 @@ class _Item:
 
 
 class PinnedBuffers:
-    """Reusable pinned host buffers, one set per distinct batch shape signature."""
+    """Reusable pinned host buffer sets (one tensor per layer), matched by exact shapes.
+
+    At most ``max_sets`` free sets are kept in all, oldest dropped first, so batches of
+    varying shape (``tokens`` pooling of text) cannot pile up pinned memory.
+    """
 
     def __init__(self, max_sets: int) -> None:
         self.max_sets = max_sets
-        self._free: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+        self._free: list[tuple[tuple, dict[str, torch.Tensor]]] = []
         self._lock = threading.Lock()
 
     @staticmethod
@@ -52,9 +56,10 @@ class PinnedBuffers:
     def take(self, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple, dict[str, torch.Tensor]]:
         key = self.key(tensors)
         with self._lock:
-            free = self._free.get(key)
-            if free:
-                return key, free.pop()
+            for i, (k, bufs) in enumerate(self._free):
+                if k == key:
+                    del self._free[i]
+                    return key, bufs
         bufs = {
             n: torch.empty(t.shape, dtype=torch.float32, pin_memory=True)
             for n, t in tensors.items()
@@ -63,9 +68,9 @@ class PinnedBuffers:
 
     def give_back(self, key: tuple, bufs: dict[str, torch.Tensor]) -> None:
         with self._lock:
-            free = self._free.setdefault(key, [])
-            if len(free) < self.max_sets:
-                free.append(bufs)
+            self._free.append((key, bufs))
+            if len(self._free) > self.max_sets:
+                self._free.pop(0)
 
 
 class AsyncWriter:

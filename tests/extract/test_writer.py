@@ -40,3 +40,19 @@ def test_a_failed_write_is_raised_in_the_caller(tmp_path):
         for _ in range(20):  # the error surfaces at a later submit, or at close
             writer.submit(["b"], {"text.layer.0": torch.zeros(1, 2)})
         writer.close()
+
+
+def test_pinned_buffer_pool_reuses_by_shape_and_stays_bounded(monkeypatch):
+    from repalign.extract import writer as w
+
+    real_empty = torch.empty
+    monkeypatch.setattr(w.torch, "empty", lambda *a, pin_memory=False, **k: real_empty(*a, **k))
+    pool = w.PinnedBuffers(max_sets=2)
+    a = {"l": torch.zeros(2, 3)}
+    key, bufs = pool.take(a)
+    pool.give_back(key, bufs)
+    assert pool.take(a)[1] is bufs  # same shape: reused
+    for t in range(2, 6):  # four other shapes
+        k, b = pool.take({"l": torch.zeros(2, t, 3)})
+        pool.give_back(k, b)
+    assert len(pool._free) == 2
