@@ -14,6 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from repalign.data.base import Sample
 from repalign.data.captions import UnreadableImage
 from repalign.models.base import Adapter
@@ -32,7 +34,8 @@ class BatchLoader:
 
     ``workers`` threads each load and collate whole batches; at most
     ``workers + ahead`` batches are in flight. Iteration order is dataset order.
-    Collate calls are serialised unless the adapter sets ``collate_thread_safe``.
+    Collate calls are serialised unless the adapter sets ``collate_thread_safe``. With
+    ``pin_memory`` (CUDA runs) the collated tensors are copied to pinned memory here.
     """
 
     def __init__(
@@ -45,12 +48,14 @@ class BatchLoader:
         *,
         workers: int = 2,
         ahead: int = 2,
+        pin_memory: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.adapter, self.dataset = adapter, dataset
         self.start, self.stop, self.batch_size = start, stop, batch_size
         self.workers, self.ahead = workers, ahead
+        self.pin_memory = pin_memory
         self._collate_lock = None if adapter.collate_thread_safe else threading.Lock()
 
     def load(self, index: int) -> Batch:
@@ -70,6 +75,8 @@ class BatchLoader:
         else:
             with self._collate_lock:
                 inputs = self.adapter.collate(samples)
+        if self.pin_memory:  # in this worker thread, so the host-to-device copy can be async
+            inputs = _pinned(inputs)
         return Batch([s.sample_id for s in samples], inputs, end, skipped)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -89,3 +96,11 @@ class BatchLoader:
                 yield batch
         finally:  # also when the consumer stops early (error, Ctrl-C)
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pinned(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.is_pinned() else obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pinned(v) for k, v in obj.items()}
+    return obj

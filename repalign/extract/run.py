@@ -288,7 +288,8 @@ def extract(
     adapter.to(device, dtype)
     adapter.model.eval()
     writer = AsyncWriter(open_new, file=file)
-    loader = BatchLoader(adapter, dataset, start, hi, cfg.batch_size, workers=cfg.workers)
+    loader = BatchLoader(adapter, dataset, start, hi, cfg.batch_size, workers=cfg.workers,
+                         pin_memory=device.type == "cuda")  # fmt: skip
     t0 = time.perf_counter()
     finished = False
     try:
