@@ -259,7 +259,7 @@ def info(
                       f" of {a.get(schema.N_TOTAL, '?')}, {'complete' if complete else '[red]INCOMPLETE[/] (resume with --resume)'}")  # fmt: skip
         prov = Table(show_header=False, title="provenance")
         for key in ("model", "checkpoint", "checkpoint_sha256", "dataset", "pooling", "compute_dtype",
-                    "created", "repalign_version"):  # fmt: skip
+                    "shard", "created", "repalign_version"):  # fmt: skip
             prov.add_row(key, str(a.get(key, "")))
         versions = json.loads(a.get("versions_json", "{}"))
         prov.add_row("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))

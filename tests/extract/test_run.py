@@ -287,3 +287,23 @@ def test_shards_merge_to_the_unsharded_file(tmp_path):
         assert str(full.attrs[key]) == str(merged.attrs[key]), key
     with pytest.raises(ValueError, match="K/N"):
         extract(adapter, data, tmp_path / "x.nc", shard="3", **opts)
+
+
+def test_bad_outputs_and_options_fail_before_any_work(tmp_path):
+    adapter = _text_adapter(tmp_path)
+    data = SyntheticCaptions(4)
+    with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
+        extract(adapter, data, tmp_path / "no" / "f.nc", progress=False)
+    (tmp_path / "d.nc").mkdir()
+    with pytest.raises(IsADirectoryError):
+        extract(adapter, data, tmp_path / "d.nc", progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        extract(adapter, data, tmp_path / "f.nc", progress=False, overwrite=True, resume=True)
+    with pytest.raises(ValueError, match="compute dtype"):
+        extract(adapter, data, tmp_path / "f.nc", progress=False, dtype="float8")
+    with pytest.raises(ValueError, match="tokens pooling cannot produce derived"):
+        from repalign.models.bert_vit import BertViTAdapter
+
+        both = BertViTAdapter(adapter, TimmVisionAdapter(tiny_vit()))
+        extract(both, data, tmp_path / "f.nc", progress=False, pool="tokens", layers=["concat.*"])
+    assert not (tmp_path / "f.nc").exists()
