@@ -53,6 +53,7 @@ def token_dim(layer: str) -> str:
     """Name of the token dimension of ``layer``'s variable under ``tokens`` pooling."""
     return f"{layer}.token"
 
+
 # progress attrs of a feature file, updated after every appended batch (resume reads them)
 N_WRITTEN = "n_written"  # rows whose every variable is written; rows past it are ignored
 NEXT_INDEX = "next_index"  # dataset positions consumed so far (written + skipped at load time)
