@@ -17,6 +17,7 @@ VERB_MODULES: tuple[str, ...] = (
     "repalign.cli.extract_cmd",
     "repalign.cli.compare_cmd",
     "repalign.cli.train_cmd",
+    "repalign.cli.demo_cmd",
 )
 
 app = typer.Typer(

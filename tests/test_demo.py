@@ -1,0 +1,112 @@
+"""``repalign demo --quick`` end to end, asserting on the numbers it produces."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from repalign.cli.main import app
+from repalign.demo import DemoConfig, shuffled_alignment, train_models
+from repalign.demo_summary import HEADLINE, matched_rows
+from repalign.store.features import open_features
+from repalign.store.scores import open_scores
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    # Small matrices: one thread is as fast, and far faster when other jobs share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "results"
+    try:
+        res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out
+
+
+def test_outputs_written(demo_dir):
+    for name in ("scores.nc", "scores-untrained.nc", "scores-baseline.nc", "summary.md"):
+        assert (demo_dir / name).stat().st_size > 0, name
+    for png in ("heatmap.png", "profile.png", "heatmap-baseline.png", "training.png"):
+        data = (demo_dir / png).read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 10_000, png
+    for nc in ("vilbert.nc", "vilbert-untrained.nc", "bert-vit.nc"):
+        with open_features(demo_dir / "features" / nc) as ds:
+            assert int(ds.attrs["complete"]) == 1
+            assert ds.sizes["sample"] == DemoConfig.quick_config().n_samples
+
+
+def test_scores_carry_the_demo_metrics_and_provenance(demo_dir):
+    ds = open_scores(demo_dir / "scores.nc")
+    assert ds.metric.values.tolist() == [
+        "cka",
+        "cka[unbiased=true]",
+        "mutual_knn[k=10]",
+        "cknna[k=10]",
+        "svcca",
+        "wasserstein_distance",
+    ]
+    assert set(ds.stream_a.values.tolist()) == {"text"}
+    assert set(ds.stream_b.values.tolist()) == {"vision"}
+    assert ds.attrs["n_samples"] == DemoConfig.quick_config().n_samples
+    assert json.loads(ds.attrs["config_json"])["permutations"] == 50
+    # statistics on the depth-matched pairs only
+    p = ds.pvalue.sel(metric="cka").values
+    assert 0 < np.isfinite(p).sum() < p.size
+
+
+def test_cka_of_a_layer_with_itself_is_one(demo_dir):
+    within = open_scores(demo_dir / "scores-within.nc")
+    diag = np.diag(within.score.sel(metric="cka").values)
+    assert diag.size >= 8
+    np.testing.assert_allclose(diag, 1.0, atol=1e-6)
+
+
+def test_matched_pairs_beat_shuffled_pairs(demo_dir):
+    ds = open_scores(demo_dir / "scores.nc")
+    for metric in ("cka", HEADLINE, "mutual_knn[k=10]"):
+        for row in matched_rows(ds, metric):
+            # every depth-matched text/vision pair of the trained model is far above its null
+            assert row.score > row.null_mean + 3 * row.null_std, (metric, row)
+            assert row.pvalue == pytest.approx(1 / 51)
+    last = matched_rows(ds, "cka")[-1]
+    shuffled = shuffled_alignment(demo_dir / "features" / "vilbert.nc", last.layer_a, last.layer_b)
+    assert last.score > shuffled + 0.1
+    # wasserstein is a distance: the real pairing is closer than the shuffled ones
+    for row in matched_rows(ds, "wasserstein_distance"):
+        assert row.score < row.null_mean
+
+
+def test_training_raises_cross_modal_alignment(demo_dir):
+    trained = matched_rows(open_scores(demo_dir / "scores.nc"), HEADLINE)
+    untrained = matched_rows(open_scores(demo_dir / "scores-untrained.nc"), HEADLINE)
+    assert [r.layer_a for r in trained] == [r.layer_a for r in untrained]
+    assert trained[-1].score > untrained[-1].score
+
+
+def test_summary_states_counts_and_nulls(demo_dir):
+    text = (demo_dir / "summary.md").read_text()
+    n = DemoConfig.quick_config().n_samples
+    assert f"n = {n} held-out" in text
+    assert "permutation null" in text and "depth-matched" in text
+    # a maximum over layer pairs always comes with the number of pairs it was taken over
+    assert re.search(r"max \d\.\d+ over \d+ text x vision pairs", text)
+    assert "must be 1" in text
+
+
+def test_cached_training_run_is_reused(demo_dir):
+    t0 = time.perf_counter()
+    trained, _, reused = train_models(DemoConfig.quick_config(demo_dir))
+    assert reused and (trained / "last").is_dir()
+    assert time.perf_counter() - t0 < 5
+    changed = DemoConfig.quick_config(demo_dir)
+    changed.train_steps += 1
+    assert changed.train_key() != DemoConfig.quick_config(demo_dir).train_key()
