@@ -191,7 +191,19 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
             pad = 0.03 * (vmax - vmin)
             ax.set_ylim(vmin - pad, vmax + pad)
         ax.set_xlim(-0.03, 1.03)
-        ax.set_xlabel("relative depth of layer A")
+        xlabel = "relative depth of layer A"
+        if len(groups) == 1:
+            # one line: tick it at its layers, so the profile reads without the score file
+            cells = sorted(next(iter(groups.values())), key=lambda c: axis_a.depths[c[0]])
+            ax.set_xticks(
+                [axis_a.depths[i] for i, _ in cells],
+                [axis_a.names[i] for i, _ in cells],
+                rotation=30,
+                ha="right",
+                fontsize=7,
+            )
+            xlabel = "layer A at its relative depth (paired with the nearest-depth layer of B)"
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"score ({'higher' if similar else 'lower'} = more similar)")
         ax.set_title(f"{name}: depth-matched layer pairs\n{_subtitle(ds)}", fontsize=10)
         ax.grid(alpha=0.3)
