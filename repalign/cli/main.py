@@ -15,6 +15,7 @@ import typer
 VERB_MODULES: tuple[str, ...] = (
     "repalign.cli.metrics_cmd",
     "repalign.cli.extract_cmd",
+    "repalign.cli.merge_cmd",
     "repalign.cli.compare_cmd",
     "repalign.cli.train_cmd",
     "repalign.cli.demo_cmd",

@@ -171,13 +171,23 @@ def layer_attrs(info: LayerInfo, pooling: str) -> dict[str, str | int | float]:
     return attrs
 
 
-def open_features(path: str | Path, *, require_complete: bool = False) -> xr.Dataset:
+def open_features(
+    path: str | Path | Sequence[str | Path], *, require_complete: bool = False
+) -> xr.Dataset:
     """Open a feature file as an ``xarray.Dataset`` indexed by ``sample_id``.
 
     Rows past ``n_written`` (a batch interrupted mid-write) are dropped. An
     incomplete file (``complete == 0``) is returned with a warning, or refused
-    with ``require_complete=True``.
+    with ``require_complete=True``. A list of paths or a glob pattern opens the
+    shard files of a sharded extraction as one lazy Dataset
+    (:func:`repalign.store.merge.open_merged`; every shard must be complete).
     """
+    if not isinstance(path, str | Path) or (
+        not Path(path).exists() and set("*?[") & set(str(path))
+    ):
+        from repalign.store.merge import open_merged
+
+        return open_merged(path)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no feature file at {path}; create one with `repalign extract`")
