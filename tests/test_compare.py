@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from repalign.compare import (
     MetricRequest,
@@ -169,3 +170,21 @@ def test_matched_pairs_nearest_depth_per_stream():
     assert matched_pairs(a, b) == [(0, 1), (0, 4), (1, 3), (1, 4)]
     same = LayerAxis(("x0", "x1"), ("text", "text"), (0.5, 1.0))
     assert matched_pairs(same, same, same=True) == [(0, 1), (1, 0)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(feats):
+    kwargs = dict(layers_a=["text.*"], layers_b=["vision.*"], permutations=5, progress=False)
+    metrics = ["cka", ("cka", {"unbiased": True}), "svcca"]
+    cpu = compare([feats], metrics, **kwargs)
+    gpu = compare([feats], metrics, device="cuda", **kwargs)
+    np.testing.assert_allclose(gpu.score.values, cpu.score.values, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(gpu.pvalue.values, cpu.pvalue.values)
+    assert json.loads(gpu.attrs["config_json"])["device"] == "cuda"
+
+
+def test_cuda_refused_without_a_gpu(feats, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        compare([feats], ["cka"], device="cuda", progress=False)
