@@ -7,6 +7,7 @@ depth N+1), the same tensors as ``output_hidden_states`` ``hidden_states[0]`` an
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ class HFTextAdapter(Adapter):
         self._layers = text_layers(model)
         # fast tokenizers are not safe to call from several threads at once ("Already borrowed")
         self._tokenizer_lock = threading.Lock()
+        # tokenizers may return inputs the model does not take (token_type_ids for DistilBERT)
+        self._accepts = set(inspect.signature(model.forward).parameters)
 
     @classmethod
     def load(
@@ -128,7 +131,7 @@ class HFTextAdapter(Adapter):
                 max_length=self.max_length,
                 return_tensors="pt",
             )
-        return dict(enc)
+        return {k: v for k, v in enc.items() if k in self._accepts}
 
     def provenance(self) -> dict[str, str]:
         config = getattr(self.model, "config", None)

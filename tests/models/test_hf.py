@@ -120,3 +120,34 @@ def test_real_minilm_matches_transformers(how):
         emb = torch.nn.functional.normalize(feats["text.layer.5"], dim=-1)
         sim = emb @ emb.T
         assert sim[0, 2] > sim[0, 1] + 0.1
+
+
+def _distilbert(vocab_size):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=64)  # fmt: skip
+    return DistilBertModel(cfg).eval()
+
+
+def _roberta(vocab_size):
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=80, pad_token_id=0)  # fmt: skip
+    return RobertaModel(cfg, add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("build", [_distilbert, _roberta], ids=["distilbert", "roberta"])
+def test_other_encoder_families(tmp_path, build):
+    tok = tiny_tokenizer(tmp_path)
+    adapter = HFTextAdapter(build(len(tok)), tok)
+    assert [i.name for i in adapter.layers()] == ["text.embeddings", "text.layer.0", "text.layer.1"]
+    batch, feats = _extract(adapter, _samples(), "mean")
+    assert "token_type_ids" not in batch or "token_type_ids" in adapter._accepts
+    for info, expected in zip(
+        adapter.layers(), _reference(adapter.model, batch, "mean"), strict=True
+    ):
+        torch.testing.assert_close(feats[info.name], expected, rtol=1e-5, atol=1e-6)
