@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+_LABELS = {"mlm_attribute": "mlm (colour/shape words)", "mlm": "mlm (all masked words)"}
 _SKIP = {"step", "split", "lr", "pairs_per_s", "grad_norm", "loss"}
 
 
@@ -93,7 +94,8 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
             task = _task(name)
             noise = name.startswith("noise_")
             style = "--" if noise else "-"
-            label = f"{task}, image = noise" if noise else task
+            pretty = _LABELS.get(task, task)
+            label = f"{pretty}, image = noise" if noise else pretty
             if name in train:
                 ax.plot(*train[name], style, color=colour_of[task], alpha=0.5, lw=1.2)
             if name in evals:
@@ -103,6 +105,12 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_yscale(scale)
+        if scale == "log":
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
         if title == "accuracy":
             ax.set_ylim(-0.02, 1.02)
             ax.axhline(0.5, color="grey", lw=0.6, ls=":")
