@@ -1,20 +1,22 @@
 """ViLBERT's pretraining objectives and the fine-tuning classifier.
 
-One :class:`PretrainModel` forward computes every selected task:
+One :class:`PretrainModel` forward computes every selected task in a single pass
+through the towers: with MLM/MIM on, the captions and images are masked and every
+task sees the masked inputs (as in the original ViLBERT); otherwise they are clean.
 
-- ``itc``: ALBEF's image-text contrastive loss on the unimodal [CLS] vectors
-  (learnable temperature; identical captions in a batch count as positives).
-- ``ap``: alignment prediction (image-text matching) on the fused pooled outputs,
-  over the B positive pairs and one negative caption per image. A negative is the
-  sample's swapped-attribute hard negative (synthetic scenes: a colour, shape or
-  relation changed) with probability ``swap_negative_ratio``, otherwise another
+- ``itc``: ALBEF's image-text contrastive loss on the mean-pooled unimodal tower
+  states (learnable temperature; identical captions in a batch count as positives).
+- ``ap``: alignment prediction (image-text matching) on the fused pooled outputs of
+  2B pairs: each image with its own caption and with a negative caption. A negative
+  is the sample's swapped-attribute hard negative (synthetic scenes: a colour, shape
+  or relation changed) with probability ``swap_negative_ratio``, otherwise another
   caption of the batch drawn by ITC similarity (never a caption identical to the
   image's own). In eval mode every image gets its hard negative when there is one,
   so ``ap_accuracy`` measures hard negatives.
-- ``mlm`` and ``mim`` on the positive pairs only, in a second pass with masked
-  tokens and masked patches. MIM is contrastive: the fused state of each masked
-  patch must pick out the clean vision-tower encoding of the same patch (no
-  gradient) among all masked patches of the batch (other positions and other images).
+- ``mlm`` and ``mim`` on the positive pairs only. MIM is contrastive: the fused state
+  of each masked patch must pick out the clean vision-tower encoding of the same patch
+  (a no-gradient forward of the unmasked image) among all masked patches of the batch
+  (other positions and other images).
 
 The forward never reads a value back to the host (no ``.item()``), so it can be
 compiled and runs without syncs.
@@ -35,7 +37,7 @@ from repalign.data.masking import IGNORE_INDEX, mask_tokens, random_patch_mask
 from repalign.data.synthetic import COLOURS, SHAPES, Scene, hard_negative
 from repalign.models.vilbert.config import ViLBERTConfig
 from repalign.models.vilbert.heads import ContrastiveHead, MIMHead, MLMHead, PairHead
-from repalign.models.vilbert.model import ViLBERT
+from repalign.models.vilbert.model import ViLBERT, ViLBERTOutput
 from repalign.models.vilbert.preprocess import ImageTransform, stack_images, tokenize
 
 TASKS: tuple[str, ...] = ("mlm", "mim", "ap", "itc")
@@ -152,6 +154,20 @@ class PretrainCollator(_Seeded):
             )
             batch["mlm_input_ids"], batch["mlm_labels"] = ids, labels
             batch["mlm_attribute"] = torch.isin(labels, self.attribute_ids)
+            if negatives:
+                # Negatives are masked alike (else [MASK] would mark a positive), except
+                # where they differ from the positive: that word must stay readable.
+                neg_ids = batch["neg_input_ids"]
+                protect = enc["special_tokens_mask"][b:].bool() | ~enc["attention_mask"][b:].bool()
+                protect |= neg_ids != batch["input_ids"]
+                batch["neg_mlm_input_ids"], _ = mask_tokens(
+                    neg_ids,
+                    protect,
+                    mask_token_id=self.tokenizer.mask_token_id,
+                    random_token_ids=self.random_token_ids,
+                    rng=rng,
+                    probability=self.mlm_probability,
+                )
         if "mim" in self.tasks:
             batch["patch_mask"], batch["mim_index"] = random_patch_mask(
                 b, self.num_patches, probability=self.mim_probability, rng=rng
@@ -287,45 +303,43 @@ class PretrainModel(nn.Module):
         return set(self.tasks) != set(TASKS)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tasks = set(self.tasks)
+        model = self.vilbert
+        mask, pixels = batch["attention_mask"], batch["pixel_values"]
+        b = mask.size(0)
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
-        model = self.vilbert
-        ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
-        text = vision = None
-        if "ap" in self.tasks or "itc" in self.tasks:
-            text, vision = model.encode_text(ids, mask), model.encode_image(pixels)
-            sim = None
-            if "itc" in self.tasks:
-                # (B texts, B images) on mean-pooled unimodal states: early in training
-                # the [CLS] tokens carry almost no per-sample signal, means do.
-                sim = self.heads["itc"](masked_mean(text, mask), vision[:, 1:].mean(1))
-                losses["itc"], metrics["itc_accuracy"] = contrastive_loss(
-                    sim, batch.get("caption_group")
-                )
-            if "ap" in self.tasks:
-                losses["ap"], ap_metrics = self._alignment(batch, text, vision, sim)
-                metrics.update(ap_metrics)
-        if "mlm" in self.tasks or "mim" in self.tasks:
-            m_text = (
-                model.encode_text(batch["mlm_input_ids"], mask) if "mlm" in self.tasks else text
+        # One pass: masked text/patches when MLM/MIM are on (ITC and AP see them too, as
+        # the original ViLBERT does), clean inputs otherwise.
+        ids = batch["mlm_input_ids"] if "mlm" in tasks else batch["input_ids"]
+        text = model.encode_text(ids, mask)  # (B, T, H)
+        vision = model.encode_image(pixels, batch["patch_mask"] if "mim" in tasks else None)
+        sim = None
+        if "itc" in tasks:
+            # (B texts, B images) on mean-pooled unimodal states: early in training
+            # the [CLS] tokens carry almost no per-sample signal, means do.
+            sim = self.heads["itc"](masked_mean(text, mask), vision[:, 1:].mean(1))
+            losses["itc"], metrics["itc_accuracy"] = contrastive_loss(
+                sim, batch.get("caption_group")
             )
-            if m_text is None:
-                m_text = model.encode_text(ids, mask)
-            if "mim" in self.tasks:
-                m_vision = model.encode_image(pixels, batch["patch_mask"])
-            else:
-                m_vision = vision if vision is not None else model.encode_image(pixels)
-            out = model.fuse(m_text, mask, m_vision)
-            if "mlm" in self.tasks:
-                losses["mlm"], mlm_metrics = self._mlm(batch, out.text)
+        if tasks & {"ap", "mlm", "mim"}:
+            fused_text, fused_mask, fused_vision = text, mask, vision
+            if "ap" in tasks:  # rows B..2B: each image with a negative caption
+                neg_text, neg_mask, neg_ok = self._negatives(batch, text, sim)
+                fused_text = torch.cat([text, neg_text])
+                fused_mask = torch.cat([mask, neg_mask])
+                fused_vision = torch.cat([vision, vision])
+            out = model.fuse(fused_text, fused_mask, fused_vision)
+            if "ap" in tasks:
+                losses["ap"], ap_metrics = self._alignment(out, neg_ok)
+                metrics.update(ap_metrics)
+            if "mlm" in tasks:  # positives only: rows 0..B
+                losses["mlm"], mlm_metrics = self._mlm(batch, out.text[:b])
                 metrics.update(mlm_metrics)
-            if "mim" in self.tasks:
-                if vision is None:
-                    with torch.no_grad():
-                        vision = model.encode_image(pixels)
-                losses["mim"], metrics["mim_accuracy"] = self._mim(
-                    batch, out.vision, vision.detach()
-                )
+            if "mim" in tasks:
+                with torch.no_grad():  # stop-gradient target: the unmasked image
+                    target = model.encode_image(pixels)
+                losses["mim"], metrics["mim_accuracy"] = self._mim(batch, out.vision[:b], target)
         loss = sum(self.weights[t] * losses[t] for t in self.tasks)
         if self._touch_all:
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
@@ -335,13 +349,10 @@ class PretrainModel(nn.Module):
         result.update({k: v.detach() for k, v in metrics.items()})
         return result
 
-    def _alignment(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        text: torch.Tensor,
-        vision: torch.Tensor,
-        sim: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _negatives(
+        self, batch: Mapping[str, torch.Tensor], text: torch.Tensor, sim: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A negative caption per image: (B, T, H) states, (B, T) mask, (B,) usable flag."""
         b = text.size(0)
         mask = batch["attention_mask"]
         groups = batch.get("caption_group")
@@ -356,34 +367,34 @@ class PretrainModel(nn.Module):
         has_valid = valid.any(1)
         scores = torch.where(has_valid[:, None], scores, torch.zeros_like(scores))
         neg_index = torch.multinomial(scores.softmax(1), 1).squeeze(1)  # (B,)
-        neg_text, neg_mask = text[neg_index], mask[neg_index]
-        neg_ok = has_valid
+        neg_text, neg_mask, neg_ok = text[neg_index], mask[neg_index], has_valid
         if "neg_input_ids" in batch:
             if self.training:
                 use_swap = torch.rand(b, device=text.device) < self.swap_negative_ratio
             else:
                 use_swap = torch.ones(b, dtype=torch.bool, device=text.device)
-            swap_text = self.vilbert.encode_text(
-                batch["neg_input_ids"], batch["neg_attention_mask"]
-            )
+            swap_ids = batch["neg_mlm_input_ids"] if "mlm" in self.tasks else batch["neg_input_ids"]
+            swap_text = self.vilbert.encode_text(swap_ids, batch["neg_attention_mask"])
             neg_text = torch.where(use_swap[:, None, None], swap_text, neg_text)
             neg_mask = torch.where(use_swap[:, None], batch["neg_attention_mask"], neg_mask)
             neg_ok = neg_ok | use_swap
-        out = self.vilbert.fuse(
-            torch.cat([text, neg_text]), torch.cat([mask, neg_mask]), torch.cat([vision, vision])
-        )
-        logits = self.heads["ap"](out.text_pooled, out.vision_pooled)  # (2B,)
-        labels = torch.cat([torch.ones(b, device=text.device), torch.zeros(b, device=text.device)])
-        weight = torch.cat([torch.ones(b, device=text.device), neg_ok.float()])
-        loss = (
-            F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none") * weight
-        ).sum() / weight.sum()
+        return neg_text, neg_mask, neg_ok
+
+    def _alignment(
+        self, out: ViLBERTOutput, neg_ok: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """AP loss on 2B fused pairs: rows 0..B positives, B..2B negatives."""
+        b = neg_ok.size(0)
+        logits = self.heads["ap"](out.text_pooled, out.vision_pooled).float()  # (2B,)
+        ones = torch.ones(b, device=logits.device)
+        labels = torch.cat([ones, torch.zeros_like(ones)])
+        weight = torch.cat([ones, neg_ok.float()])
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         correct = ((logits > 0).float() == labels).float()
-        neg_logits = logits[b:].float()
-        return loss, {
+        neg_logits = logits[b:] * neg_ok
+        return (bce * weight).sum() / weight.sum(), {
             "ap_accuracy": (correct * weight).sum() / weight.sum(),
-            "ap_margin": logits[:b].float().mean()
-            - (neg_logits * neg_ok).sum() / neg_ok.sum().clamp(min=1),
+            "ap_margin": logits[:b].mean() - neg_logits.sum() / neg_ok.sum().clamp(min=1),
         }
 
     def _mlm(

@@ -98,3 +98,17 @@ def test_classifier_collator_needs_labels(tokenizer, samples32):
     collate = ClassifierCollator(tokenizer, image_size=32)
     with pytest.raises(ValueError, match="without a label"):
         collate(samples32[:2])
+
+
+def test_masked_hard_negatives_keep_the_word_that_makes_them_false(tokenizer):
+    from repalign.data.synthetic import SyntheticCaptions
+
+    samples = list(SyntheticCaptions(64, seed=8, image_size=32))
+    collate = PretrainCollator(tokenizer, tasks=["mlm", "ap"], image_size=32, seed=0)
+    batch = collate(samples)
+    neg, masked = batch["neg_input_ids"], batch["neg_mlm_input_ids"]
+    differs = neg != batch["input_ids"]
+    assert differs.any(1).all()
+    assert (masked[differs] == neg[differs]).all()
+    # ...while the other words are masked like the positives' (so [MASK] marks neither)
+    assert (masked == tokenizer.mask_token_id).any()
