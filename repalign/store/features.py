@@ -90,7 +90,8 @@ class FeatureFile:
             nc = netCDF4.Dataset(path, "a")
         except OSError as exc:
             raise ValueError(
-                f"cannot open {path} to resume ({exc}); it may be damaged: rerun with --overwrite"
+                f"cannot open {path} to resume ({exc}): another process may have it open (close "
+                "it there), or it is damaged (then start again with --overwrite)"
             ) from None
         return cls(nc, path)
 
