@@ -307,3 +307,15 @@ def test_bad_outputs_and_options_fail_before_any_work(tmp_path):
         both = BertViTAdapter(adapter, TimmVisionAdapter(tiny_vit()))
         extract(both, data, tmp_path / "f.nc", progress=False, pool="tokens", layers=["concat.*"])
     assert not (tmp_path / "f.nc").exists()
+
+
+def test_resume_of_a_damaged_file_says_what_to_do(tmp_path):
+    (tmp_path / "f.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)  # a truncated HDF5 file
+    with pytest.raises(ValueError, match="damaged .*--overwrite"):
+        extract(
+            _text_adapter(tmp_path),
+            SyntheticCaptions(4),
+            tmp_path / "f.nc",
+            progress=False,
+            resume=True,
+        )
