@@ -86,6 +86,14 @@ def compare_cmd(
         False, "--allow-incomplete", help="Accept feature files whose extraction did not finish."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Score file to write (netCDF, .nc)."),
+    streaming: bool = typer.Option(
+        False,
+        "--streaming",
+        help="Linear CKA / CCA from files larger than memory, read --chunk-size samples at a time.",
+    ),
+    chunk_size: int = typer.Option(
+        4096, "--chunk-size", min=2, help="Samples per read with --streaming."
+    ),
 ) -> None:
     """Score layers of feature files against each other and write a score file."""
     from repalign.compare import compare
@@ -100,18 +108,23 @@ def compare_cmd(
         flags["unbiased"] = True
     try:
         requests = metric_requests(metric, flags)
-        scores = compare(
-            files,
-            requests,
-            layers_a=layers_a,
-            layers_b=layers_b or None,
-            permutations=permutations,
-            bootstrap=bootstrap,
-            seed=seed,
-            device=device,
-            align_on_ids=align_on_ids,
-            allow_incomplete=allow_incomplete,
-        )
+        if streaming:
+            scores = _streaming(files, requests, layers_a, layers_b, permutations + bootstrap,
+                                chunk_size=chunk_size, device=device, align_on_ids=align_on_ids,
+                                allow_incomplete=allow_incomplete)  # fmt: skip
+        else:
+            scores = compare(
+                files,
+                requests,
+                layers_a=layers_a,
+                layers_b=layers_b or None,
+                permutations=permutations,
+                bootstrap=bootstrap,
+                seed=seed,
+                device=device,
+                align_on_ids=align_on_ids,
+                allow_incomplete=allow_incomplete,
+            )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     write_scores(scores, out)
@@ -119,6 +132,26 @@ def compare_cmd(
         f"wrote {out}: {scores.sizes['metric']} metric(s) x {scores.sizes['layer_a']} x "
         f"{scores.sizes['layer_b']} layers over {scores.attrs['n_samples']} samples",
         highlight=False,
+    )
+
+
+def _streaming(
+    files: list[Path],
+    requests: list[Any],
+    layers_a: list[str],
+    layers_b: list[str] | None,
+    n_stats: int,
+    **options: Any,
+) -> Any:
+    """``compare --streaming``: :func:`repalign.streaming_compare.streaming_compare`."""
+    from repalign.streaming_compare import streaming_compare
+
+    if n_stats:
+        raise ValueError(
+            "--streaming computes scores only; drop --permutations/--bootstrap or --streaming"
+        )
+    return streaming_compare(
+        files, requests, layers_a=layers_a, layers_b=layers_b or None, **options
     )
 
 

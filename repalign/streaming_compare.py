@@ -1,0 +1,351 @@
+"""Linear CKA and CCA between feature files larger than memory.
+
+The library behind ``repalign compare --streaming``::
+
+    from repalign.streaming_compare import streaming_compare
+    scores = streaming_compare(["a.nc", "b.nc"], ["cka", "cca"], chunk_size=8192)
+
+Rows are read from the netCDF files ``chunk_size`` samples at a time (the
+files are opened lazily, shard files through :func:`repalign.store.merge.open_merged`
+included) and only second moments are kept: per selected layer its column sum
+and ``XᵀX``, per layer pair ``XᵀY``. Memory is therefore
+``O(chunk_size · Σd + Σd² + Σ_pairs d_a·d_b)`` whatever n is; each layer's
+own moments are computed once per chunk, not once per pair. The accumulated
+moments are scored by :class:`repalign.metrics.StreamingCKA` and
+:class:`repalign.metrics.StreamingCCA`, so results equal the in-memory
+``cka`` (linear, biased) and ``cca`` up to float rounding. The result is the same
+score Dataset that :func:`repalign.compare.compare` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from rich.progress import Progress
+
+import repalign
+from repalign._numerics import check_compute_dtype, check_matrix
+from repalign.compare import (
+    MetricRequest,
+    align_sample_ids,
+    select_layers,
+    sha256_file,
+    sha256_ids,
+)
+from repalign.metrics import StreamingCCA, StreamingCKA, get_metric
+from repalign.store import schema
+from repalign.store.scores import LayerAxis, MetricScores, scores_dataset
+
+log = logging.getLogger(__name__)
+
+#: metrics with a streaming estimator, and the options (with the only value) each accepts
+STREAMING_METRICS: dict[str, tuple[type, dict[str, Any]]] = {
+    "cka": (StreamingCKA, {"kernel": "linear", "unbiased": False}),
+    "cca": (StreamingCCA, {}),
+}
+
+
+@dataclass
+class _LayerMoments:
+    """Column sum and ``XᵀX`` of one layer's rows, shifted by its first chunk's mean."""
+
+    shift: torch.Tensor
+    s: torch.Tensor
+    g: torch.Tensor
+
+
+class GridMoments:
+    """Second moments of every selected layer and every layer pair, accumulated by chunks."""
+
+    def __init__(
+        self, names_a: Sequence[str], names_b: Sequence[str] | None, *, dtype: torch.dtype
+    ) -> None:
+        self.dtype = check_compute_dtype(dtype)
+        self.names_a = list(names_a)
+        self.same = names_b is None
+        self.names_b = self.names_a if names_b is None else list(names_b)
+        self.n = 0
+        self.layers: dict[tuple[str, str], _LayerMoments] = {}
+        self.cross: dict[tuple[str, str], torch.Tensor] = {}
+
+    def update(self, xs: Mapping[str, Any], ys: Mapping[str, Any] | None = None) -> None:
+        """Add the same rows of every layer (``xs`` for side A, ``ys`` for side B)."""
+        rows = {("a", k): self._shifted(("a", k), v) for k, v in xs.items()}
+        if not self.same:
+            rows |= {("b", k): self._shifted(("b", k), v) for k, v in (ys or {}).items()}
+        side_b = "a" if self.same else "b"
+        counts = {int(t.shape[0]) for t in rows.values()}
+        if len(counts) != 1:
+            raise ValueError(f"layers of one chunk have different row counts {sorted(counts)}")
+        for i, a in enumerate(self.names_a):
+            for j, b in enumerate(self.names_b):
+                if self.same and j < i:
+                    continue  # (b, a) is the transpose of (a, b)
+                xa, yb = rows[("a", a)], rows[(side_b, b)]
+                prod = xa.T @ yb
+                self.cross[(a, b)] = self.cross[(a, b)] + prod if (a, b) in self.cross else prod
+        self.n += counts.pop()
+
+    def _shifted(self, key: tuple[str, str], value: Any) -> torch.Tensor:
+        x = check_matrix(value, f"layer {key[1]!r}", dtype=self.dtype)
+        mom = self.layers.get(key)
+        if mom is None:
+            shift = x.mean(0)
+            xc = x - shift
+            self.layers[key] = _LayerMoments(shift, xc.sum(0), xc.T @ xc)
+            return xc
+        xc = x - mom.shift
+        mom.s += xc.sum(0)
+        mom.g += xc.T @ xc
+        return xc
+
+    def accumulator(self, cls: type, a: str, b: str) -> Any:
+        """A :class:`StreamingCKA`/:class:`StreamingCCA` holding the moments of pair ``(a, b)``.
+
+        The accumulators keep exactly these moments (shifted sums, ``XᵀX``,
+        ``YᵀY``, ``XᵀY``); filling them here spares recomputing each layer's
+        ``XᵀX`` once per pair it appears in.
+        """
+        side_b = "a" if self.same else "b"
+        ma, mb = self.layers[("a", a)], self.layers[(side_b, b)]
+        cross = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
+        acc = cls(dtype=self.dtype)
+        acc.n = self.n
+        acc._shift_x, acc._shift_y = ma.shift, mb.shift
+        acc.sx, acc.sy, acc.xx, acc.yy, acc.xy = ma.s, mb.s, ma.g, mb.g, cross
+        return acc
+
+
+def check_streamable(requests: Sequence[MetricRequest]) -> None:
+    """Refuse metrics (or options) that have no streaming estimator, saying what to do."""
+    for req in requests:
+        if req.name not in STREAMING_METRICS:
+            raise ValueError(
+                f"--streaming computes {' and '.join(STREAMING_METRICS)} only (linear CKA and "
+                f"mean CCA from accumulated covariances); {req.name!r} needs all rows in memory: "
+                "run it without --streaming (mutual_knn and cknna are already chunked)"
+            )
+        allowed = STREAMING_METRICS[req.name][1]
+        for key, value in req.options.items():
+            if key not in allowed or allowed[key] != value:
+                raise ValueError(
+                    f"--streaming supports {req.name} with default options only "
+                    f"({allowed or 'none'}); got {key}={value!r}: drop it or run without --streaming"
+                )
+
+
+@dataclass
+class _Side:
+    ds: xr.Dataset
+    path: str
+    axis: LayerAxis
+    ids: list[str]
+
+
+def _open_side(path: Any, patterns: Sequence[str], *, allow_incomplete: bool) -> _Side:
+    from repalign.store.features import open_features
+
+    ds = open_features(path, require_complete=not allow_incomplete)
+    try:
+        available = [str(k) for k, v in ds.data_vars.items() if schema.SAMPLE_DIM in v.dims]
+        names = select_layers(available, patterns, where=str(path))
+        for name in names:
+            if ds[name].ndim != 2:
+                raise ValueError(
+                    f"layer {name!r} of {path} has dims {ds[name].dims} (unpooled tokens); "
+                    "compare needs one vector per sample: extract with --pool mean or cls"
+                )
+        streams = tuple(str(ds[k].attrs.get("stream", "unknown")) for k in names)
+        depths = tuple(
+            float(ds[k].attrs["relative_depth"])
+            if "relative_depth" in ds[k].attrs
+            else (i / (len(names) - 1) if len(names) > 1 else 0.0)
+            for i, k in enumerate(names)
+        )
+        ids = [str(s) for s in ds[schema.SAMPLE_ID].values]
+    except BaseException:
+        ds.close()
+        raise
+    return _Side(ds, str(path), LayerAxis(tuple(names), streams, depths), ids)
+
+
+def _read_rows(ds: xr.Dataset, name: str, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of layer ``name``: one contiguous read when they are, sorted reads otherwise."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        return ds[name][int(idx[0]) : int(idx[-1]) + 1].values
+    order = np.argsort(idx)
+    rows = np.empty((len(idx), ds[name].shape[1]), dtype=np.float32)
+    rows[order] = ds[name][idx[order]].values
+    return rows
+
+
+def streaming_compare(
+    files: Sequence[str | os.PathLike[str] | Sequence[str | os.PathLike[str]]],
+    metrics: Sequence[str | tuple[str, Mapping[str, Any]] | MetricRequest] = ("cka",),
+    *,
+    layers_a: Sequence[str] = ("*",),
+    layers_b: Sequence[str] | None = None,
+    chunk_size: int = 4096,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    align_on_ids: bool = False,
+    allow_incomplete: bool = False,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Linear CKA / CCA of layers of feature files, reading ``chunk_size`` samples at a time.
+
+    Arguments mean what they mean in :func:`repalign.compare.compare` (one file:
+    its layers against each other; two: A against B); a file may also be a list
+    or glob of shard files. Permutation and bootstrap statistics are not
+    available here (they need the rows in memory).
+    """
+    if not 1 <= len(files) <= 2:
+        raise ValueError(f"compare takes one or two feature files, got {len(files)}")
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    requests = [MetricRequest.parse(m) for m in metrics]
+    if not requests:
+        raise ValueError("no metric given; pass at least one (e.g. --metric cka)")
+    check_streamable(requests)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is visible; use cpu")
+
+    side_a = _open_side(files[0], layers_a, allow_incomplete=allow_incomplete)
+    try:
+        same = len(files) == 1 and layers_b is None
+        if same:
+            side_b = side_a
+        else:
+            src = files[0] if len(files) == 1 else files[1]
+            side_b = _open_side(src, layers_b or ("*",), allow_incomplete=allow_incomplete)
+        try:
+            grid, n = _accumulate(
+                side_a, side_b, same, chunk_size, dev, dtype, align_on_ids, progress
+            )
+        finally:
+            if side_b is not side_a:
+                side_b.ds.close()
+    finally:
+        side_a.ds.close()
+
+    metric_scores = []
+    for req in requests:
+        cls = STREAMING_METRICS[req.name][0]
+        score = np.array(
+            [
+                [float(grid.accumulator(cls, a, b).compute()) for b in side_b.axis.names]
+                for a in side_a.axis.names
+            ]
+        )
+        spec = get_metric(req.name)
+        metric_scores.append(
+            MetricScores(
+                label=req.label,
+                name=req.name,
+                params=dict(req.options),
+                bounds=(float(spec.bounds[0]), float(spec.bounds[1])),
+                higher_is_more_similar=spec.higher_is_more_similar,
+                score=score,
+            )
+        )
+    attrs = _provenance(files, requests, side_a, side_b, n, layers_a, layers_b, chunk_size, dev)
+    return scores_dataset(side_a.axis, side_b.axis, metric_scores, attrs)
+
+
+def _accumulate(
+    side_a: _Side,
+    side_b: _Side,
+    same: bool,
+    chunk_size: int,
+    dev: torch.device,
+    dtype: torch.dtype,
+    align_on_ids: bool,
+    progress: bool,
+) -> tuple[GridMoments, list[str]]:
+    idx_a, idx_b = align_sample_ids(
+        side_a.ids, side_b.ids, align_on_ids=align_on_ids, names=(side_a.path, side_b.path)
+    )
+    grid = GridMoments(side_a.axis.names, None if same else side_b.axis.names, dtype=dtype)
+    n = len(idx_a)
+    log.info(
+        "streaming %d x %d layers over %d samples, %d per chunk",
+        len(side_a.axis.names),
+        len(side_b.axis.names),
+        n,
+        chunk_size,
+    )
+
+    def load(side: _Side, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(_read_rows(side.ds, k, idx)).to(dev) for k in side.axis.names}
+
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("streaming moments", total=n)
+        for lo in range(0, n, chunk_size):
+            # a last chunk of one row still counts: the accumulators only need n >= 2 overall
+            sl = slice(lo, min(lo + chunk_size, n))
+            grid.update(load(side_a, idx_a[sl]), None if same else load(side_b, idx_b[sl]))
+            bar.update(task, completed=sl.stop)
+    return grid, [side_a.ids[i] for i in idx_a]
+
+
+def _provenance(
+    files: Sequence[Any],
+    requests: Sequence[MetricRequest],
+    side_a: _Side,
+    side_b: _Side,
+    ids: list[str],
+    layers_a: Sequence[str],
+    layers_b: Sequence[str] | None,
+    chunk_size: int,
+    dev: torch.device,
+) -> dict[str, str | int | float]:
+    """The score file's global attrs, as :func:`repalign.compare.compare` writes them."""
+    from repalign.store.merge import expand_paths
+
+    paths = [p for f in files for p in expand_paths(f)]
+    versions = {"repalign": repalign.__version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "xarray", "netCDF4"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    config = {
+        "files": [str(f) for f in files],
+        "metrics": [
+            {"name": r.name, "options": dict(r.options), "label": r.label} for r in requests
+        ],
+        "layers_a": list(layers_a),
+        "layers_b": None if layers_b is None else list(layers_b),
+        "selected_layers_a": list(side_a.axis.names),
+        "selected_layers_b": list(side_b.axis.names),
+        "streaming": True,
+        "chunk_size": chunk_size,
+        "device": str(dev),
+    }
+    return {
+        "title": "repalign alignment scores",
+        "repalign_version": repalign.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": 0,
+        "n_samples": len(ids),
+        "sample_ids_sha256": sha256_ids(ids),
+        "feature_files": json.dumps([str(Path(p).resolve()) for p in paths]),
+        "feature_files_sha256": json.dumps([sha256_file(p) for p in paths]),
+        "model_a": str(side_a.ds.attrs.get("model", Path(side_a.path).stem)),
+        "model_b": str(side_b.ds.attrs.get("model", Path(side_b.path).stem)),
+        "config_json": json.dumps(config, default=str),
+        "versions_json": json.dumps(versions),
+    }
