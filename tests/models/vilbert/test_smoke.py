@@ -31,7 +31,7 @@ def test_preset_shapes_and_finite(name):
 
 def test_config_round_trip_and_errors():
     config = preset("tiny", depth=4, cross_attention_layers=[1, 3], vision={"depth": 3})
-    assert config.vision["depth"] == 3 and config.vision["patch_size"] == 8
+    assert config.vision["depth"] == 3 and config.vision["patch_size"] == 16
     assert ViLBERTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="out of range"):
         preset("tiny", depth=2, cross_attention_layers=[2])
