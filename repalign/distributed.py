@@ -15,10 +15,15 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from repalign.train.batches import BatchStream
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +68,15 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's, else ``RANK`` from torchrun, else 0."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else env().rank
 
 
 def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Processes in the job: the process group's size, else ``WORLD_SIZE``, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return env().world_size
 
 
 def is_main_process() -> bool:
@@ -80,7 +89,8 @@ def init_from_env(device: str | torch.device = "cpu", *, timeout_s: float = 600.
 
     Backend: ``nccl`` for CUDA devices, ``gloo`` otherwise. On CUDA each rank is
     pinned to ``cuda:LOCAL_RANK``. Safe to call twice and in single-process runs
-    (then it does nothing). Returns the job layout.
+    (then it does nothing). Ranks other than 0 raise the root logger to WARNING.
+    Returns the job layout.
     """
     job = env()
     if job.world_size <= 1 or (dist.is_available() and dist.is_initialized()):
@@ -102,6 +112,8 @@ def init_from_env(device: str | torch.device = "cpu", *, timeout_s: float = 600.
 
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     log.info("process group: rank %d of %d (%s)", job.rank, job.world_size, backend)
+    if not job.is_main:  # one voice: the other ranks report warnings and errors only
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     return job
 
 
@@ -148,6 +160,25 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (same shape on every rank) from all ranks along dim 0; no gradient."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's value of ``flag`` on every rank (for decisions only rank 0 can make)."""
+    if not is_distributed():
+        return flag
+    backend_cuda = dist.get_backend() == "nccl"
+    t = torch.tensor([int(flag)], device="cuda" if backend_cuda else "cpu")
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ranks (a detached copy; for logging losses, not for gradients)."""
     if not is_distributed():
@@ -167,3 +198,44 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     return rank * n // world_size, (rank + 1) * n // world_size
+
+
+class ShardedBatchStream(Dataset):
+    """This rank's part of every global batch of a :class:`~repalign.train.batches.BatchStream`.
+
+    Global batch ``k`` is the stream's batch ``k`` (``batch_size`` samples from the
+    per-epoch permutation seeded by ``(seed, epoch)``); rank ``r`` of ``W`` takes its
+    samples ``r, r + W, ...``, the strided split ``DistributedSampler`` makes, so the
+    ranks together see exactly the samples a single process sees at step ``k``, and
+    batch ``k`` stays a pure function of ``(seed, k, rank)``: resume stays exact.
+    Each rank collates only its own samples, with its own seed (masks and
+    augmentations differ between ranks, as they would between batch halves).
+    """
+
+    def __init__(self, stream: BatchStream, rank: int, world_size: int) -> None:
+        if stream.batch_size % world_size:
+            raise ValueError(
+                f"batch_size {stream.batch_size} is the global batch and must divide evenly "
+                f"over the {world_size} processes; use a multiple of {world_size}"
+            )
+        shard_range(stream.batch_size, rank, world_size)  # validates rank / world_size
+        self.stream, self.rank, self.world_size = stream, rank, world_size
+        self.seed = stream.seed
+        self.batch_size = stream.batch_size // world_size
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def indices(self, k: int) -> np.ndarray:
+        return self.stream.indices(k)[self.rank :: self.world_size]
+
+    def __getitem__(self, k: int) -> Any:
+        from repalign.train.batches import seeded  # here: repalign.train imports this module
+
+        samples = [self.stream.dataset[int(i)] for i in self.indices(k)]
+        collate = self.stream.collate
+        with seeded(self.seed, 104729, k, 7 + self.rank):
+            reseed = getattr(collate, "reseed", None)
+            if callable(reseed):
+                reseed(int(torch.initial_seed() % 2**63))
+            return collate(samples)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from repalign import distributed
 from repalign.train.batches import BatchStream, batch_loader
 from repalign.train.checkpoint import (
     CheckpointError,
@@ -143,12 +144,13 @@ def _batch_size(batch: Any) -> int:
 class RunLog:
     """Append-only ``log.jsonl``: one JSON object per (step, split)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # False on DDP ranks other than 0: they read, never write
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = [
             line
@@ -158,6 +160,8 @@ class RunLog:
         self.path.write_text("".join(f"{line}\n" for line in keep))
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -168,7 +172,7 @@ class RunLog:
 
     def write_csv(self, path: Path, split: str = "train") -> None:
         rows = [r for r in self.records() if r.get("split") == split]
-        if not rows:
+        if not rows or not self.enabled:
             return
         columns = list(dict.fromkeys(k for r in rows for k in r))
         lines = [",".join(columns)]
@@ -184,6 +188,11 @@ class Trainer:
     N steps and at the end; ``monitor``/``patience`` stop early when the
     monitored eval metric (higher is better) has not improved for ``patience``
     evaluations, keeping the best weights in ``RUN/best``.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the model runs as DistributedDataParallel
+    (``find_unused_parameters=False``); ``batches`` is the global batch, split over
+    the ranks (:class:`repalign.distributed.ShardedBatchStream`); only rank 0
+    evaluates, logs and writes checkpoints.
     """
 
     def __init__(
@@ -205,9 +214,16 @@ class Trainer:
         self.run_config = dict(run_config or {})
         self.periodic = list(periodic or [])
         self.monitor, self.patience = monitor, patience
-        self.device = resolve_device(loop.device)
+        self.device = distributed.local_device(resolve_device(loop.device))
         if loop.threads > 0:
             torch.set_num_threads(loop.threads)
+        self._owns_group = distributed.launched_by_torchrun() and not distributed.is_distributed()
+        distributed.init_from_env(self.device)
+        self.is_main = distributed.is_main_process()
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        if distributed.is_distributed():
+            rank, world = distributed.get_rank(), distributed.get_world_size()
+            self.batches = distributed.ShardedBatchStream(batches, rank, world)  # type: ignore[assignment]
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(model, optim),
@@ -216,14 +232,21 @@ class Trainer:
             eps=optim.eps,
             fused=self.device.type == "cuda",
         )
+        wrapped: nn.Module = model
+        if distributed.is_distributed():
+            self.ddp = wrapped = nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
         self.forward: Callable[[Any], Mapping[str, torch.Tensor]] = (
-            torch.compile(model) if loop.compile else model
+            torch.compile(wrapped) if loop.compile else wrapped
         )
         self.step = 0
         self.best: float | None = None
         self.bad_evals = 0
         self.stopped_early = False
-        self.log = RunLog(self.run_dir / "log.jsonl")
+        self.log = RunLog(self.run_dir / "log.jsonl", enabled=self.is_main)
         self.last_eval: dict[str, float] = {}
 
     # ------------------------------------------------------------------ state
@@ -240,6 +263,8 @@ class Trainer:
         }
 
     def save(self, path: Path, rng: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
         save_checkpoint(path, self.model, self.run_config, self.state(rng))
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -271,6 +296,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def run_periodic(self, final: bool = False) -> None:
+        if not self.is_main:
+            return
         for p in self.periodic:
             if not (final or (p.every > 0 and self.step % p.every == 0)):
                 continue
@@ -326,12 +353,16 @@ class Trainer:
         on the device. The learning rate is whatever ``fit`` last set."""
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
-        for batch in micro_batches:
-            with self._autocast():
-                out = self.forward(_move(batch, self.device))
-            if "loss" not in out:
-                raise KeyError(f"the model's output has no 'loss' (keys: {sorted(out)})")
-            (out["loss"] / len(micro_batches)).backward()
+        for i, batch in enumerate(micro_batches):
+            # DDP: all-reduce gradients once, after the last micro-batch
+            last = i == len(micro_batches) - 1
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last else None
+            with no_sync or contextlib.nullcontext():
+                with self._autocast():
+                    out = self.forward(_move(batch, self.device))
+                if "loss" not in out:
+                    raise KeyError(f"the model's output has no 'loss' (keys: {sorted(out)})")
+                (out["loss"] / len(micro_batches)).backward()
             for k, v in out.items():
                 if isinstance(v, torch.Tensor) and v.ndim == 0:
                     v = v.detach().float()
@@ -349,7 +380,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        elif self.log.path.exists():
+        elif self.log.path.exists() and self.is_main:
             self.log.path.unlink()
         if self.step == 0:
             seed_everything(self.loop.seed)
@@ -367,7 +398,9 @@ class Trainer:
         pairs, t0 = 0, time.perf_counter()
         rng = capture_rng_state()
         try:
-            with _progress(self.loop.progress, self.loop.steps, self.step) as advance:
+            with _progress(
+                self.loop.progress and self.is_main, self.loop.steps, self.step
+            ) as advance:
                 while self.step < self.loop.steps and not self.stopped_early:
                     rng = capture_rng_state()  # the state a resumed run must start this step from
                     self._set_lr()
@@ -388,6 +421,8 @@ class Trainer:
                         advance(self.step, None)
                     if not last:
                         self.run_periodic()
+                        if self.monitor is not None:  # rank 0 decides; every rank must stop
+                            self.stopped_early = distributed.broadcast_flag(self.stopped_early)
                     rng = capture_rng_state()
                     every = self.loop.checkpoint_every
                     if every > 0 and self.step % every == 0 and not last:
@@ -401,6 +436,9 @@ class Trainer:
         self.run_periodic(final=True)
         self.save(self.run_dir / "last", capture_rng_state())
         self.log.write_csv(self.run_dir / "log.csv")
+        if self._owns_group:
+            distributed.barrier()  # rank 0 has written everything before any rank leaves
+            distributed.destroy()
         return dict(self.last_eval)
 
     def _checkpoint(self, rng: Mapping[str, Any]) -> None:
@@ -418,7 +456,8 @@ class Trainer:
         self, window: dict[str, list[torch.Tensor]], pairs: int, seconds: float
     ) -> dict[str, Any]:
         names = list(window)
-        values = torch.stack([torch.stack(window[k]).mean() for k in names]).tolist()  # one sync
+        means = torch.stack([torch.stack(window[k]).mean() for k in names])
+        values = distributed.all_reduce_mean(means).tolist()  # one sync (mean over ranks)
         window.clear()
         record: dict[str, Any] = {
             "step": self.step,
@@ -428,6 +467,7 @@ class Trainer:
         record["lr"] = (
             self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_scale"]
         )
+        pairs *= distributed.get_world_size()  # every rank trains on as many pairs
         record["pairs_per_s"] = pairs / seconds if seconds > 0 else None
         if not math.isfinite(record.get("loss", 0.0)):
             raise FloatingPointError(

@@ -35,6 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from repalign.data.base import Sample
 from repalign.data.masking import IGNORE_INDEX, mask_tokens, random_patch_mask
 from repalign.data.synthetic import COLOURS, SHAPES, Scene, hard_negative
+from repalign.distributed import all_gather, all_gather_with_grad, get_rank, is_distributed
 from repalign.models.vilbert.config import ViLBERTConfig
 from repalign.models.vilbert.heads import ContrastiveHead, MIMHead, MLMHead, PairHead
 from repalign.models.vilbert.model import ViLBERT, ViLBERTOutput
@@ -245,6 +246,15 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+def caption_keys(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 hash of each row's real tokens: equal captions get equal keys, whatever
+    the padding (used as caption groups across the ranks of a DDP run)."""
+    gen = torch.Generator().manual_seed(0x5EED)
+    weights = torch.randint(1, 2**62, (input_ids.size(1),), generator=gen) | 1
+    ids = (input_ids.long() + 1) * mask.long()
+    return (ids * weights.to(ids.device)).sum(1) + mask.long().sum(1)
+
+
 def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """states (B, L, H), index (B, k) -> (B, k, H)."""
     return states.gather(1, index[..., None].expand(-1, -1, states.size(-1)))
@@ -318,10 +328,13 @@ class PretrainModel(nn.Module):
         if "itc" in tasks:
             # (B texts, B images) on mean-pooled unimodal states: early in training
             # the [CLS] tokens carry almost no per-sample signal, means do.
-            sim = self.heads["itc"](masked_mean(text, mask), vision[:, 1:].mean(1))
-            losses["itc"], metrics["itc_accuracy"] = contrastive_loss(
-                sim, batch.get("caption_group")
-            )
+            text_emb, image_emb = masked_mean(text, mask), vision[:, 1:].mean(1)
+            if self.training and is_distributed():
+                sim, itc_logits, groups = self._global_itc(batch, text_emb, image_emb)
+            else:
+                sim = itc_logits = self.heads["itc"](text_emb, image_emb)
+                groups = batch.get("caption_group")
+            losses["itc"], metrics["itc_accuracy"] = contrastive_loss(itc_logits, groups)
         if tasks & {"ap", "mlm", "mim"}:
             fused_text, fused_mask, fused_vision = text, mask, vision
             if "ap" in tasks:  # rows B..2B: each image with a negative caption
@@ -348,6 +361,23 @@ class PretrainModel(nn.Module):
             result[f"{t}_loss"] = losses[t].detach()
         result.update({k: v.detach() for k, v in metrics.items()})
         return result
+
+    def _global_itc(
+        self, batch: Mapping[str, torch.Tensor], text_emb: torch.Tensor, image_emb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Under DDP: ITC over the global batch, as one process with all of it would compute.
+
+        Features of every rank are gathered with gradients; each rank computes the same
+        (G, G) loss (DDP's gradient averaging then gives the single-process gradient).
+        Returns this rank's (B, B) block (for AP negatives), the (G, G) logits and
+        global caption groups (token-id hashes: equal captions are positives across ranks).
+        """
+        b, r = text_emb.size(0), get_rank()
+        logits = self.heads["itc"](all_gather_with_grad(text_emb), all_gather_with_grad(image_emb))
+        groups = None
+        if "caption_group" in batch:
+            groups = all_gather(caption_keys(batch["input_ids"], batch["attention_mask"]))
+        return logits[r * b : (r + 1) * b, r * b : (r + 1) * b], logits, groups
 
     def _negatives(
         self, batch: Mapping[str, torch.Tensor], text: torch.Tensor, sim: torch.Tensor | None

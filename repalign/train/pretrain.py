@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from repalign.distributed import is_main_process, launched_by_torchrun
 from repalign.train.batches import BatchStream
 from repalign.train.config import PretrainConfig, save_config, to_dict
 from repalign.train.data import average_outputs, eval_batches, model_device, pretraining_data
@@ -154,9 +155,15 @@ def build(config: PretrainConfig) -> dict[str, Any]:
 def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str, float]:
     """Train, evaluate on held-out pairs and write ``RUN/eval.json``; return its contents."""
     _check_probe_metrics(config.probe.metrics)
+    if config.task_ratios and launched_by_torchrun():
+        raise ValueError(
+            "task_ratios are not supported under torchrun: each rank would draw its own tasks "
+            "(the ranks' RNG streams drift apart); drop task_ratios or run one process"
+        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    if is_main_process():  # under torchrun only rank 0 writes files
+        save_config(config, out / "config.yaml")
     seed_everything(config.loop.seed)  # model initialisation is part of the run
     parts = build(config)
     model, tasks = parts["model"], parts["tasks"]
@@ -216,6 +223,8 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
         periodic=periodic,
     )
     final = trainer.fit(resume=resume)
+    if not is_main_process():
+        return final  # empty: only rank 0 evaluates
     (out / "eval.json").write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
     log.info("held-out evaluation: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
     return final
