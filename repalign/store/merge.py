@@ -301,7 +301,14 @@ def _create_like(src: Any, merged: xr.Dataset, nc: Any) -> None:
             if dim not in nc.dimensions:
                 unlimited = src.dimensions[dim].isunlimited()
                 nc.createDimension(dim, None if unlimited else len(src.dimensions[dim]))
-        new = nc.createVariable(name, "f4", var.dimensions, fill_value=_FILL)
+        chunks = var.chunking()  # keep the shard's HDF5 chunk shape (read speed)
+        new = nc.createVariable(
+            name,
+            "f4",
+            var.dimensions,
+            fill_value=_FILL,
+            chunksizes=None if chunks == "contiguous" else chunks,
+        )
         new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
     attrs = {**merged.attrs, "complete": 0, schema.N_WRITTEN: 0}
     nc.setncatts(attrs)

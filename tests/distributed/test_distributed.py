@@ -1,0 +1,97 @@
+"""repalign.distributed: helpers alone and in a 2-process gloo group (torch.multiprocessing)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from repalign import distributed
+from repalign.train.batches import BatchStream
+
+
+def test_shard_range_covers_everything_once():
+    for n in (0, 1, 7, 22, 100):
+        for world in (1, 2, 3, 8):
+            parts = [distributed.shard_range(n, r, world) for r in range(world)]
+            assert [i for lo, hi in parts for i in range(lo, hi)] == list(range(n))
+            assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
+    with pytest.raises(ValueError, match="rank < world_size"):
+        distributed.shard_range(10, 2, 2)
+
+
+def test_single_process_defaults(monkeypatch):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.env() == distributed.DistEnv(0, 0, 1)
+    assert not distributed.launched_by_torchrun() and distributed.is_main_process()
+    x = torch.randn(3, 2, requires_grad=True)
+    assert distributed.all_gather_with_grad(x) is x
+    assert distributed.rank_zero_only(lambda: 5)() == 5
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert distributed.get_rank() == 1 and not distributed.is_main_process()
+    assert distributed.rank_zero_only(lambda: 5)() is None
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="outside 0..WORLD_SIZE-1"):
+        distributed.env()
+
+
+def test_sharded_stream_splits_each_global_batch():
+    stream = BatchStream(list(range(50)), 8, collate=lambda s: torch.tensor(s), seed=3)
+    shards = [distributed.ShardedBatchStream(stream, r, 2) for r in range(2)]
+    for k in (0, 1, 6, 7, 13):  # 6 batches per epoch: 6, 7, 13 are later epochs
+        parts = [s[k] for s in shards]
+        assert [len(p) for p in parts] == [4, 4]
+        assert sorted(torch.cat(parts).tolist()) == sorted(stream[k].tolist())
+    with pytest.raises(ValueError, match="multiple of 3"):
+        distributed.ShardedBatchStream(stream, 0, 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: dict) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+         "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu", timeout_s=60)
+    try:
+        x = torch.full((2, 3), float(rank + 1), requires_grad=True)
+        gathered = distributed.all_gather_with_grad(x)  # (4, 3): rank 0's rows, then rank 1's
+        weights = torch.arange(12.0).reshape(4, 3)
+        (gathered * weights).sum().backward()  # the same loss on every rank
+        out[rank] = {
+            "gathered": gathered.detach().numpy(),
+            "grad": x.grad.numpy(),
+            "mean": float(distributed.all_reduce_mean(torch.tensor(float(rank)))),
+            "flag": distributed.broadcast_flag(rank == 0),
+            "ints": distributed.all_gather(torch.tensor([rank * 10])).tolist(),
+        }
+    finally:
+        distributed.destroy()
+
+
+def test_collectives_in_a_two_process_gloo_group():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        out = dict(out)
+    weights = np.arange(12.0).reshape(4, 3)
+    for rank in range(2):
+        r = out[rank]
+        np.testing.assert_array_equal(
+            r["gathered"], np.repeat([[1.0], [2.0]], 2, axis=0) * np.ones((4, 3))
+        )
+        # both ranks' losses reach this rank's rows: gradient = 2 x its block of weights
+        np.testing.assert_array_equal(r["grad"], 2 * weights[2 * rank : 2 * rank + 2])
+        assert r["mean"] == 0.5 and r["flag"] is True and r["ints"] == [0, 10]
