@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from repalign.data.base import Sample
+from repalign.distributed import is_main_process
 from repalign.train.batches import BatchStream
 from repalign.train.checkpoint import load_model_weights
 from repalign.train.config import DataConfig, FinetuneConfig, save_config, to_dict
@@ -163,7 +164,8 @@ def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str,
     """Fine-tune, evaluate the best weights on dev and test, write ``RUN/eval.json``."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    if is_main_process():  # under torchrun only rank 0 writes files
+        save_config(config, out / "config.yaml")
     seed_everything(config.loop.seed)  # model initialisation is part of the run
     parts = build(config)
     model, splits = parts["model"], parts["splits"]
@@ -196,6 +198,8 @@ def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str,
         patience=config.patience,
     )
     trainer.fit(resume=resume)
+    if not is_main_process():
+        return {}  # rank 0 evaluates the best weights and writes eval.json
     if trainer.stopped_early:
         log.info("stopped early at step %d (best dev AUROC %.4f)", trainer.step, trainer.best)
     best, _ = load_model_weights(out / "best")
