@@ -144,3 +144,18 @@ def test_torchrun_ranks_write_shards_that_merge(bert_dir, tmp_path, monkeypatch)
         assert list(ds.sample_id.values) == [f"synthetic-0-{i:06d}" for i in range(9)]
     assert "already exists" in _err(["merge-features", *shards, "--out", str(tmp_path / "m.nc")])
     assert "every shard" in _err(["merge-features", shards[0], "--out", str(tmp_path / "n.nc")])
+
+
+def test_info_flags_an_incomplete_file(tmp_path):
+    import numpy as np
+
+    from repalign.models.base import LayerInfo
+    from repalign.store.features import FeatureFile
+
+    feats = {"text.layer.0": np.ones((2, 3), dtype=np.float32)}
+    layers = [LayerInfo("text.layer.0", "encoder.layer.0", "text", 1, 1.0)]
+    attrs = {"model": "toy", "n_total": 10, "skipped_json": '[["x7", "missing image x.png"]]'}
+    with FeatureFile.create(tmp_path / "p.nc", layers, feats, pooling="mean", attrs=attrs) as f:
+        f.append(["a", "b"], feats, progress={"skipped_json": '[["x7", "missing image x.png"]]'})
+    out = " ".join(_ok(["info", str(tmp_path / "p.nc")]).split())
+    assert "2 samples of 10" in out and "INCOMPLETE" in out and "x7 (missing image x.png)" in out
