@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -100,3 +102,17 @@ def test_cli_merge(extraction):
     _assert_same_features(_load(open_features(tmp / "full.nc")), _load(open_features(out)))
     res = CliRunner().invoke(app, ["merge", str(shards[0]), "--out", str(tmp / "x.nc")])
     assert res.exit_code == 2 and "every shard" in " ".join(res.output.split())
+
+
+def test_streaming_compare_reads_shards_directly(extraction):
+    from repalign.streaming_compare import streaming_compare
+
+    tmp, shards = extraction
+    with open_features(tmp / "full.nc") as ds:
+        if any(v.ndim != 2 for v in ds.data_vars.values()):
+            pytest.skip("compare needs pooled features")
+    kw = dict(metrics=["cka", "cca"], chunk_size=5, progress=False)
+    full = streaming_compare([tmp / "full.nc"], **kw)
+    merged = streaming_compare([str(tmp / "f.shard*of3.nc")], **kw)
+    np.testing.assert_allclose(merged["score"].values, full["score"].values, rtol=1e-12)
+    assert len(json.loads(merged.attrs["feature_files_sha256"])) == 3
