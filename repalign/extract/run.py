@@ -277,8 +277,8 @@ def extract(
         log.info(
             "resuming %s at dataset position %d (%d samples written)", out, start, file.n_written
         )
-    elif cfg.overwrite and out.exists():
-        out.unlink()
+    # with --overwrite the old file is replaced when the first batch is written (not before),
+    # so a run that fails early leaves it as it was
 
     def open_new(example: Mapping[str, np.ndarray]) -> FeatureFile:
         return FeatureFile.create(out, layers, example, pooling=how, attrs=attrs)

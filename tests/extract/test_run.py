@@ -71,6 +71,12 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
         extract(adapter, SyntheticCaptions(4), out, progress=False)
     assert out.read_bytes() == before
+    real_forward = adapter.forward
+    adapter.forward = lambda batch: 1 / 0  # type: ignore[method-assign]
+    with pytest.raises(ZeroDivisionError):
+        extract(adapter, SyntheticCaptions(6), out, progress=False, overwrite=True)
+    assert out.read_bytes() == before  # a run that fails before its first batch keeps the old file
+    adapter.forward = real_forward  # type: ignore[method-assign]
     res = extract(adapter, SyntheticCaptions(6), out, progress=False, overwrite=True)
     assert res.n_written == 6
 
