@@ -1,4 +1,4 @@
-"""``repalign models``, ``layers``, ``extract``, ``info`` and ``merge-features``.
+"""``repalign models``, ``layers``, ``extract`` and ``info``: adapters, layers, feature files.
 
 This module only parses options, builds objects and calls the library
 (:mod:`repalign.models`, :mod:`repalign.data.loading`, :mod:`repalign.extract.run`,
@@ -151,7 +151,7 @@ def extract(
     shard: str | None = typer.Option(
         None,
         "--shard",
-        help="K/N: extract only the K-th of N contiguous parts (merge with `repalign merge-features`). Set automatically under torchrun.",
+        help="K/N: extract only the K-th of N contiguous parts (merge with `repalign merge`). Set automatically under torchrun.",
     ),
     max_length: int | None = typer.Option(
         None, "--max-length", min=1, help="Token limit for text models (default 128)."
@@ -222,21 +222,6 @@ def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | No
     return f"{rank}/{world}", out, device
 
 
-def merge_features(
-    shards: list[Path] = typer.Argument(..., help="Every shard file of one sharded extraction."),
-    out: Path = typer.Option(..., "--out", "-o", help="The merged feature file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
-) -> None:
-    """Merge the shard files of a sharded extraction (``--shard K/N`` or torchrun) into one file."""
-    from repalign.store.features import merge_features as merge
-
-    try:
-        merge(shards, out, overwrite=overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
-    Console().print(f"merged {len(shards)} shards into {out}", highlight=False)
-
-
 def info(
     path: Path = typer.Argument(..., help="A feature file written by `repalign extract`."),
 ) -> None:
@@ -284,4 +269,3 @@ def register(app: typer.Typer) -> None:
     app.command("layers")(layers)
     app.command("extract")(extract)
     app.command("info")(info)
-    app.command("merge-features")(merge_features)

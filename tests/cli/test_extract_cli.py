@@ -139,11 +139,11 @@ def test_torchrun_ranks_write_shards_that_merge(bert_dir, tmp_path, monkeypatch)
         _ok(base)
     monkeypatch.delenv("WORLD_SIZE")
     shards = [str(tmp_path / f"f.shard{r}of2.nc") for r in range(2)]
-    assert "merged 2 shards" in _ok(["merge-features", *shards, "--out", str(tmp_path / "m.nc")])
+    assert "merged 2 shards" in _ok(["merge", *shards, "--out", str(tmp_path / "m.nc")])
     with open_features(tmp_path / "m.nc") as ds:
         assert list(ds.sample_id.values) == [f"synthetic-0-{i:06d}" for i in range(9)]
-    assert "already exists" in _err(["merge-features", *shards, "--out", str(tmp_path / "m.nc")])
-    assert "every shard" in _err(["merge-features", shards[0], "--out", str(tmp_path / "n.nc")])
+    assert "already exists" in _err(["merge", *shards, "--out", str(tmp_path / "m.nc")])
+    assert "every shard" in _err(["merge", shards[0], "--out", str(tmp_path / "n.nc")])
 
 
 def test_info_flags_an_incomplete_file(tmp_path):

@@ -274,7 +274,7 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
 
 
 def test_shards_merge_to_the_unsharded_file(tmp_path):
-    from repalign.store.features import merge_features
+    from repalign.store.merge import write_merged
 
     adapter = _text_adapter(tmp_path)
     data = SyntheticCaptions(22)
@@ -285,8 +285,8 @@ def test_shards_merge_to_the_unsharded_file(tmp_path):
         res = extract(adapter, data, path, shard=f"{k}/3", **opts)
         assert res.n_total == [7, 7, 8][k]
     with pytest.raises(ValueError, match="every shard"):
-        merge_features(parts[:2], tmp_path / "m.nc")
-    merge_features(parts[::-1], tmp_path / "m.nc")
+        write_merged(parts[:2], tmp_path / "m.nc", progress=False)
+    write_merged(parts[::-1], tmp_path / "m.nc", progress=False)
     full, merged = _load(tmp_path / "full.nc"), _load(tmp_path / "m.nc")
     xr.testing.assert_identical(full.drop_attrs(deep=False), merged.drop_attrs(deep=False))
     for key in ("model", "pooling", "dataset", "complete", "n_written", "n_total", "next_index"):
