@@ -421,7 +421,9 @@ class Trainer:
                         advance(self.step, None)
                     if not last:
                         self.run_periodic()
-                        if self.monitor is not None:  # rank 0 decides; every rank must stop
+                        if self.monitor is not None and any(
+                            p.every > 0 and self.step % p.every == 0 for p in self.periodic
+                        ):  # rank 0 evaluated and decided; every rank must stop with it
                             self.stopped_early = distributed.broadcast_flag(self.stopped_early)
                     rng = capture_rng_state()
                     every = self.loop.checkpoint_every

@@ -95,3 +95,45 @@ def test_collectives_in_a_two_process_gloo_group():
         # both ranks' losses reach this rank's rows: gradient = 2 x its block of weights
         np.testing.assert_array_equal(r["grad"], 2 * weights[2 * rank : 2 * rank + 2])
         assert r["mean"] == 0.5 and r["flag"] is True and r["ints"] == [0, 10]
+
+
+def _trainer_worker(rank: int, world: int, port: int, run_dir: str, out: dict) -> None:
+    """A toy Trainer run under DDP with gradient accumulation and early stopping."""
+    from repalign.train.loop import Periodic, Trainer, seed_everything
+    from tests.train._toy import ToyData, ToyModel, toy_collate, toy_configs
+
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+         "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+    )  # fmt: skip
+    seed_everything(rank)  # different initial weights: DDP must broadcast rank 0's
+    optim, loop = toy_configs(steps=10, grad_accum=2, device="cpu", threads=1)
+    trainer = Trainer(
+        ToyModel(),
+        BatchStream(ToyData(64), 8, toy_collate, seed=0),
+        run_dir=run_dir,
+        optim=optim,
+        loop=loop,
+        periodic=[Periodic("eval", 2, lambda m: {"score": 1.0})],  # never improves
+        monitor="score",
+        patience=1,
+    )
+    trainer.fit()
+    out[rank] = {
+        "step": trainer.step,
+        "weights": {k: v.detach().clone().numpy() for k, v in trainer.model.state_dict().items()},
+    }
+
+
+def test_trainer_under_ddp_keeps_ranks_together(tmp_path):
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_trainer_worker, args=(2, _free_port(), str(tmp_path), out), nprocs=2, join=True)
+        out = dict(out)
+    # rank 0 saw no improvement at step 4 and stopped; rank 1 stopped with it (no hang)
+    assert out[0]["step"] == out[1]["step"] == 4
+    for name, w in out[0]["weights"].items():
+        np.testing.assert_array_equal(w, out[1]["weights"][name], err_msg=name)
+    records = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if line]
+    assert len(records) == 4 + 2 + 1  # 4 train steps, 2 evals, final eval: written once
+    assert (tmp_path / "best").is_dir() and (tmp_path / "last").is_dir()
