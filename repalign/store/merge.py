@@ -149,7 +149,12 @@ class _ConcatRows(BackendArray):
         )
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
-        rows = np.arange(self.shape[0])[key[0]]
+        n, first = self.shape[0], key[0]
+        if isinstance(first, slice):  # no n-long index array per read
+            rows = np.arange(*first.indices(n))
+        else:
+            rows = np.asarray(first, dtype=np.int64)
+            rows = np.where(rows < 0, rows + n, rows)
         scalar_row = rows.ndim == 0
         rows = np.atleast_1d(rows)
         full = np.full((len(rows), *self.shape[1:]), _FILL, dtype=np.float32)
