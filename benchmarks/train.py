@@ -70,6 +70,7 @@ def make_batch(vconfig, batch: int, text_len: int, device: torch.device) -> dict
         "caption_group": torch.arange(batch),
         "neg_input_ids": ids.roll(1, 0),
         "neg_attention_mask": torch.ones_like(ids),
+        "neg_mlm_input_ids": mlm_ids.roll(1, 0),
         "mlm_input_ids": mlm_ids,
         "mlm_labels": mlm_labels,
         "mlm_attribute": torch.zeros_like(ids, dtype=torch.bool),
