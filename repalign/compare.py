@@ -210,8 +210,9 @@ def matched_pairs(
     """Pairs ``(i, j)`` matching each layer of A to the layer of B at the nearest relative depth.
 
     Matching happens separately for every stream of B (a text layer is matched to
-    its nearest vision layer and to its nearest fused layer); a layer is never
-    matched with itself. These are the pairs a depth profile plots.
+    its nearest vision layer and to its nearest fused layer). With ``same`` (both
+    axes from one file) a layer is never matched with itself. These are the pairs
+    a depth profile plots.
     """
     pairs = []
     for i, (name_a, depth_a) in enumerate(zip(axis_a.names, axis_a.depths, strict=True)):
@@ -453,7 +454,7 @@ def compare(
         bootstrap=bootstrap,
         level=level,
         seed=seed,
-        stat_cells=matched_pairs(side_a.axis, side_b.axis, same)
+        stat_cells=matched_pairs(side_a.axis, side_b.axis, same=len(files) == 1)
         if stats_pairs == "matched"
         else None,
         progress=progress,

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from repalign.compare import matched_pairs
-from repalign.store.scores import layer_axis
+from repalign.store.scores import from_one_file, layer_axis
 
 #: the metric the summary's headline sentences are about
 HEADLINE = "cka[unbiased=true]"
@@ -48,7 +48,7 @@ def matched_rows(ds: xr.Dataset, metric: str) -> list[MatchedRow]:
     """The depth-matched pairs of ``ds`` (see :func:`repalign.compare.matched_pairs`) by depth."""
     m = ds.sel(metric=metric)
     rows = []
-    for i, j in matched_pairs(layer_axis(ds, "a"), layer_axis(ds, "b")):
+    for i, j in matched_pairs(layer_axis(ds, "a"), layer_axis(ds, "b"), same=from_one_file(ds)):
         stats = {str(k): float(m[k].values[i, j]) for k in m.data_vars}
         rows.append(
             MatchedRow(

@@ -188,3 +188,15 @@ def test_cuda_refused_without_a_gpu(feats, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA device"):
         compare([feats], ["cka"], device="cuda", progress=False)
+
+
+def test_two_files_with_the_same_layer_names_match_counterparts(tmp_path, feats):
+    from repalign.store.plot import profile
+
+    other = write_features(tmp_path / "b.nc", seed=5)  # same layer names, another "model"
+    ds = compare([feats, other], ["cka"], permutations=3, stats_pairs="matched", progress=False)
+    p = ds.pvalue.sel(metric="cka").values
+    # text.layer.k of A is matched with text.layer.k (and vision.layer.k) of B, itself included
+    assert np.isfinite(p[0, 0]) and np.isfinite(p[3, 3])
+    line = profile(ds, ["cka"]).axes[0].get_lines()[0]
+    assert line.get_ydata()[0] == pytest.approx(float(ds.score.values[0, 0, 0]))

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from repalign.store.scores import layer_axis  # noqa: E402
+from repalign.store.scores import from_one_file, layer_axis  # noqa: E402
 
 #: cells per side up to which each heatmap cell is annotated with its value
 ANNOTATE_MAX = 14
@@ -147,8 +147,7 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
 
     names = _metrics(ds, metrics)
     axis_a, axis_b = layer_axis(ds, "a"), layer_axis(ds, "b")
-    same = axis_a.names == axis_b.names
-    pairs = matched_pairs(axis_a, axis_b, same=same)
+    pairs = matched_pairs(axis_a, axis_b, same=from_one_file(ds))
     if not pairs:
         raise ValueError("no layer pairs to profile: layer_b is empty or only repeats layer_a")
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}

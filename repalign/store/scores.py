@@ -85,6 +85,18 @@ def layer_axis(ds: xr.Dataset, side: str) -> LayerAxis:
     )
 
 
+def from_one_file(ds: xr.Dataset) -> bool:
+    """Whether both layer axes of ``ds`` come from one feature file.
+
+    Then a name on both axes is one layer (a pair of it with itself is trivial);
+    with two files, equal names are two models' counterparts.
+    """
+    files = ds.attrs.get("feature_files")
+    if isinstance(files, str) and files:
+        return len(json.loads(files)) == 1
+    return [str(v) for v in ds.layer_a.values] == [str(v) for v in ds.layer_b.values]
+
+
 def metric_label(name: str, params: Mapping[str, Any]) -> str:
     """Coordinate label of a metric run: its name, plus any options in brackets.
 
