@@ -200,3 +200,21 @@ def test_two_files_with_the_same_layer_names_match_counterparts(tmp_path, feats)
     assert np.isfinite(p[0, 0]) and np.isfinite(p[3, 3])
     line = profile(ds, ["cka"]).axes[0].get_lines()[0]
     assert line.get_ydata()[0] == pytest.approx(float(ds.score.values[0, 0, 0]))
+
+
+def test_unpooled_token_features_are_refused(tmp_path):
+    import xarray as xr
+
+    ds = xr.Dataset(
+        {
+            "text.layer.0": (
+                ("sample", "text.layer.0.token", "text.layer.0.dim"),
+                np.ones((6, 3, 4)),
+            )
+        },
+        coords={"sample_id": ("sample", [f"s{i}" for i in range(6)])},
+        attrs={"complete": 1, "n_written": 6},
+    )
+    ds.to_netcdf(tmp_path / "tok.nc")
+    with pytest.raises(ValueError, match="unpooled tokens.*--pooling mean or cls"):
+        compare([tmp_path / "tok.nc"], ["cka"], progress=False)
