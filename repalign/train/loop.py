@@ -248,6 +248,8 @@ class Trainer:
         self.stopped_early = False
         self.log = RunLog(self.run_dir / "log.jsonl", enabled=self.is_main)
         self.last_eval: dict[str, float] = {}
+        self.elapsed = 0.0  # wall seconds of training so far, evaluations included
+        self._started = time.perf_counter()
 
     # ------------------------------------------------------------------ state
 
@@ -259,8 +261,12 @@ class Trainer:
             "best": self.best,
             "bad_evals": self.bad_evals,
             "stopped_early": self.stopped_early,
+            "elapsed": self._elapsed(),
             "seed": self.loop.seed,
         }
+
+    def _elapsed(self) -> float:
+        return self.elapsed + time.perf_counter() - self._started
 
     def save(self, path: Path, rng: Mapping[str, Any]) -> None:
         if not self.is_main:
@@ -290,6 +296,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best, self.bad_evals = state["best"], int(state["bad_evals"])
         self.stopped_early = bool(state.get("stopped_early", False))
+        self.elapsed = float(state.get("elapsed", 0.0))
         self.log.truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -307,7 +314,9 @@ class Trainer:
                     values = {k: float(v) for k, v in p.fn(self.model).items()}
             finally:
                 self.model.train()
-            self.log.write({"step": self.step, "split": p.split, **values})
+            self.log.write(
+                {"step": self.step, "split": p.split, **values, "elapsed_s": self._elapsed()}
+            )
             if p.split == "eval":
                 self.last_eval = values
                 self._early_stopping(values)
@@ -396,6 +405,7 @@ class Trainer:
         batches = iter(loader)
         window: dict[str, list[torch.Tensor]] = {}
         pairs, t0 = 0, time.perf_counter()
+        self._started = t0
         rng = capture_rng_state()
         try:
             with _progress(
@@ -471,6 +481,7 @@ class Trainer:
         )
         pairs *= distributed.get_world_size()  # every rank trains on as many pairs
         record["pairs_per_s"] = pairs / seconds if seconds > 0 else None
+        record["elapsed_s"] = self._elapsed()
         if not math.isfinite(record.get("loss", 0.0)):
             raise FloatingPointError(
                 f"training loss is {record['loss']} at step {self.step}; lower optim.lr, "

@@ -33,7 +33,7 @@ def _series(records: list[dict[str, Any]], split: str) -> dict[str, tuple[list[i
         if r.get("split") != split:
             continue
         for k, v in r.items():
-            if k in ("step", "split") or not isinstance(v, int | float) or v != v:
+            if k in ("step", "split", "elapsed_s") or not isinstance(v, int | float) or v != v:
                 continue
             out[k][0].append(r["step"])
             out[k][1].append(float(v))
