@@ -370,6 +370,49 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _metric_scores(
+    req: MetricRequest, score: np.ndarray, stats: dict[str, np.ndarray]
+) -> MetricScores:
+    from repalign.metrics import get_metric
+
+    spec = get_metric(req.name)
+    return MetricScores(
+        label=req.label,
+        name=req.name,
+        params=dict(req.options),
+        bounds=(float(spec.bounds[0]), float(spec.bounds[1])),
+        higher_is_more_similar=spec.higher_is_more_similar,
+        score=score,
+        stats=stats,
+    )
+
+
+def _provenance(
+    paths: Sequence[Path],
+    side_a: Side,
+    side_b: Side,
+    ids: Sequence[str],
+    *,
+    seed: int,
+    config: Mapping[str, Any],
+) -> dict[str, str | int | float]:
+    """The score file's global attrs: versions, time, data and file hashes, resolved config."""
+    return {
+        "title": "repalign alignment scores",
+        "repalign_version": repalign.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "n_samples": len(ids),
+        "sample_ids_sha256": sha256_ids(ids),
+        "feature_files": json.dumps([str(p.resolve()) for p in paths]),
+        "feature_files_sha256": json.dumps([sha256_file(p) for p in paths]),
+        "model_a": str(side_a.attrs.get("model", side_a.path.stem)),
+        "model_b": str(side_b.attrs.get("model", side_b.path.stem)),
+        "config_json": json.dumps(dict(config), default=str),
+        "versions_json": json.dumps(_versions()),
+    }
+
+
 def compare(
     files: Sequence[str | os.PathLike[str]],
     metrics: Sequence[str | tuple[str, Mapping[str, Any]] | MetricRequest],
@@ -459,20 +502,7 @@ def compare(
         else None,
         progress=progress,
     )
-    metric_scores = []
-    for req, score, stats in results:
-        spec = get_metric(req.name)
-        metric_scores.append(
-            MetricScores(
-                label=req.label,
-                name=req.name,
-                params=dict(req.options),
-                bounds=(float(spec.bounds[0]), float(spec.bounds[1])),
-                higher_is_more_similar=spec.higher_is_more_similar,
-                score=score,
-                stats=stats,
-            )
-        )
+    metric_scores = [_metric_scores(req, score, stats) for req, score, stats in results]
     paths = [Path(f) for f in files]
     config = {
         "files": [str(p) for p in paths],
@@ -491,18 +521,5 @@ def compare(
         "align_on_ids": align_on_ids,
         "stats_pairs": stats_pairs,
     }
-    attrs: dict[str, str | int | float] = {
-        "title": "repalign alignment scores",
-        "repalign_version": repalign.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": seed,
-        "n_samples": len(ids),
-        "sample_ids_sha256": sha256_ids(ids),
-        "feature_files": json.dumps([str(p.resolve()) for p in paths]),
-        "feature_files_sha256": json.dumps([sha256_file(p) for p in paths]),
-        "model_a": str(side_a.attrs.get("model", side_a.path.stem)),
-        "model_b": str(side_b.attrs.get("model", side_b.path.stem)),
-        "config_json": json.dumps(config, default=str),
-        "versions_json": json.dumps(_versions()),
-    }
+    attrs = _provenance(paths, side_a, side_b, ids, seed=seed, config=config)
     return scores_dataset(side_a.axis, side_b.axis, metric_scores, attrs)
