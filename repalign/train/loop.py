@@ -362,6 +362,7 @@ class Trainer:
         on the device. The learning rate is whatever ``fit`` last set."""
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}  # a metric may be missing in some micro-batches
         for i, batch in enumerate(micro_batches):
             # DDP: all-reduce gradients once, after the last micro-batch
             last = i == len(micro_batches) - 1
@@ -376,12 +377,13 @@ class Trainer:
                 if isinstance(v, torch.Tensor) and v.ndim == 0:
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
+                    counts[k] = counts.get(k, 0) + 1
         grad_norm = None
         if self.optim_cfg.grad_clip is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
         self.optimizer.step()
-        metrics = {k: v / len(micro_batches) for k, v in sums.items()}
+        metrics = {k: v / counts[k] for k, v in sums.items()}
         return metrics, grad_norm
 
     def fit(self, *, resume: bool = False) -> dict[str, float]:
@@ -454,6 +456,8 @@ class Trainer:
         return dict(self.last_eval)
 
     def _checkpoint(self, rng: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
         ckpt_dir = self.run_dir / "checkpoints"
         self.save(ckpt_dir / f"step-{self.step}", rng)
         self.save(self.run_dir / "last", rng)
