@@ -130,8 +130,7 @@ class PretrainCollator(_Seeded):
         texts = [s.text for s in samples]
         scenes = [s.meta.get("scene") for s in samples]
         negatives: list[str] = []
-        wants = "ap" in self.tasks or "itc" in self.tasks
-        if wants and b and all(isinstance(s, Scene) for s in scenes):
+        if "ap" in self.tasks and b and all(isinstance(s, Scene) for s in scenes):
             negatives = [hard_negative(s, rng).caption for s in scenes]
         enc = tokenize(self.tokenizer, texts + negatives, max_length=self.max_length)
         batch = {
@@ -213,30 +212,22 @@ class ClassifierCollator(_Seeded):
 
 # ----------------------------------------------------------------------------- losses
 def contrastive_loss(
-    logits: torch.Tensor, groups: torch.Tensor | None, hard: torch.Tensor | None = None
+    logits: torch.Tensor, groups: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE on (B, B) text-image logits; pairs with the same caption group
-    are all positives. ``hard`` (B,): logit of each image with its own hard-negative
-    caption, one more candidate in the image-to-text softmax (it makes the towers encode
-    the one attribute that tells the two captions apart). Returns (loss, accuracy of the
-    top match in both directions)."""
+    are all positives. Returns (loss, accuracy of the top match in both directions)."""
     b = logits.size(0)
     if groups is None:
         positive = torch.eye(b, dtype=torch.bool, device=logits.device)
     else:
         positive = groups[:, None] == groups[None, :]
-    image_rows, image_positive = logits.T, positive
-    if hard is not None:
-        image_rows = torch.cat([image_rows, hard[:, None]], dim=1)  # (B images, B + 1)
-        image_positive = torch.cat([positive, torch.zeros_like(positive[:, :1])], dim=1)
     target = positive.float() / positive.sum(1, keepdim=True)
-    image_target = image_positive.float() / image_positive.sum(1, keepdim=True)
     loss = 0.5 * (
         -(target * logits.log_softmax(1)).sum(1).mean()
-        - (image_target * image_rows.log_softmax(1)).sum(1).mean()
+        - (target * logits.T.log_softmax(1)).sum(1).mean()
     )
     rows = positive.gather(1, logits.argmax(1, keepdim=True)).float().mean()
-    cols = image_positive.gather(1, image_rows.argmax(1, keepdim=True)).float().mean()
+    cols = positive.gather(1, logits.T.argmax(1, keepdim=True)).float().mean()
     return loss, 0.5 * (rows + cols)
 
 
@@ -333,31 +324,21 @@ class PretrainModel(nn.Module):
         ids = batch["mlm_input_ids"] if "mlm" in tasks else batch["input_ids"]
         text = model.encode_text(ids, mask)  # (B, T, H)
         vision = model.encode_image(pixels, batch["patch_mask"] if "mim" in tasks else None)
-        swap_text = None  # the hard-negative captions (synthetic scenes), for AP and ITC
-        if "neg_input_ids" in batch and tasks & {"ap", "itc"}:
-            swap_ids = batch["neg_mlm_input_ids"] if "mlm" in tasks else batch["neg_input_ids"]
-            swap_text = model.encode_text(swap_ids, batch["neg_attention_mask"])
         sim = None
         if "itc" in tasks:
             # (B texts, B images) on mean-pooled unimodal states: early in training
             # the [CLS] tokens carry almost no per-sample signal, means do.
             text_emb, image_emb = masked_mean(text, mask), vision[:, 1:].mean(1)
-            swap_emb = None
-            if swap_text is not None:
-                swap_emb = masked_mean(swap_text, batch["neg_attention_mask"])
             if self.training and is_distributed():
-                sim, itc_logits, groups, hard = self._global_itc(
-                    batch, text_emb, image_emb, swap_emb
-                )
+                sim, itc_logits, groups = self._global_itc(batch, text_emb, image_emb)
             else:
                 sim = itc_logits = self.heads["itc"](text_emb, image_emb)
                 groups = batch.get("caption_group")
-                hard = None if swap_emb is None else self.heads["itc"].paired(swap_emb, image_emb)
-            losses["itc"], metrics["itc_accuracy"] = contrastive_loss(itc_logits, groups, hard)
+            losses["itc"], metrics["itc_accuracy"] = contrastive_loss(itc_logits, groups)
         if tasks & {"ap", "mlm", "mim"}:
             fused_text, fused_mask, fused_vision = text, mask, vision
             if "ap" in tasks:  # rows B..2B: each image with a negative caption
-                neg_text, neg_mask, neg_ok = self._negatives(batch, text, swap_text, sim)
+                neg_text, neg_mask, neg_ok = self._negatives(batch, text, sim)
                 fused_text = torch.cat([text, neg_text])
                 fused_mask = torch.cat([mask, neg_mask])
                 fused_vision = torch.cat([vision, vision])
@@ -382,37 +363,24 @@ class PretrainModel(nn.Module):
         return result
 
     def _global_itc(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        text_emb: torch.Tensor,
-        image_emb: torch.Tensor,
-        swap_emb: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        self, batch: Mapping[str, torch.Tensor], text_emb: torch.Tensor, image_emb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Under DDP: ITC over the global batch, as one process with all of it would compute.
 
         Features of every rank are gathered with gradients; each rank computes the same
         (G, G) loss (DDP's gradient averaging then gives the single-process gradient).
         Returns this rank's (B, B) block (for AP negatives), the (G, G) logits and
-        global caption groups (token-id hashes: equal captions are positives across ranks)
-        and the global hard-negative logits (or None).
+        global caption groups (token-id hashes: equal captions are positives across ranks).
         """
         b, r = text_emb.size(0), get_rank()
-        images = all_gather_with_grad(image_emb)
-        logits = self.heads["itc"](all_gather_with_grad(text_emb), images)
-        hard = None
-        if swap_emb is not None:
-            hard = self.heads["itc"].paired(all_gather_with_grad(swap_emb), images)
+        logits = self.heads["itc"](all_gather_with_grad(text_emb), all_gather_with_grad(image_emb))
         groups = None
         if "caption_group" in batch:
             groups = all_gather(caption_keys(batch["input_ids"], batch["attention_mask"]))
-        return logits[r * b : (r + 1) * b, r * b : (r + 1) * b], logits, groups, hard
+        return logits[r * b : (r + 1) * b, r * b : (r + 1) * b], logits, groups
 
     def _negatives(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        text: torch.Tensor,
-        swap_text: torch.Tensor | None,
-        sim: torch.Tensor | None,
+        self, batch: Mapping[str, torch.Tensor], text: torch.Tensor, sim: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A negative caption per image: (B, T, H) states, (B, T) mask, (B,) usable flag."""
         b = text.size(0)
@@ -430,11 +398,13 @@ class PretrainModel(nn.Module):
         scores = torch.where(has_valid[:, None], scores, torch.zeros_like(scores))
         neg_index = torch.multinomial(scores.softmax(1), 1).squeeze(1)  # (B,)
         neg_text, neg_mask, neg_ok = text[neg_index], mask[neg_index], has_valid
-        if swap_text is not None:
+        if "neg_input_ids" in batch:
             if self.training:
                 use_swap = torch.rand(b, device=text.device) < self.swap_negative_ratio
             else:
                 use_swap = torch.ones(b, dtype=torch.bool, device=text.device)
+            swap_ids = batch["neg_mlm_input_ids"] if "mlm" in self.tasks else batch["neg_input_ids"]
+            swap_text = self.vilbert.encode_text(swap_ids, batch["neg_attention_mask"])
             neg_text = torch.where(use_swap[:, None, None], swap_text, neg_text)
             neg_mask = torch.where(use_swap[:, None], batch["neg_attention_mask"], neg_mask)
             neg_ok = neg_ok | use_swap

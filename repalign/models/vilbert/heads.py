@@ -81,17 +81,8 @@ class ContrastiveHead(nn.Module):
         self.text.apply(init_weights)
         self.vision.apply(init_weights)
 
-    def _scale(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=math.log(100.0)).exp()
-
-    def forward(self, text: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+    def forward(self, text_cls: torch.Tensor, vision_cls: torch.Tensor) -> torch.Tensor:
         """Similarity logits (B_text, B_image), scaled by 1/temperature (at most 100)."""
-        t = F.normalize(self.text(text), dim=-1)
-        v = F.normalize(self.vision(vision), dim=-1)
-        return self._scale() * t @ v.T
-
-    def paired(self, text: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
-        """Logit of row i of ``text`` with row i of ``vision`` only: (B,)."""
-        t = F.normalize(self.text(text), dim=-1)
-        v = F.normalize(self.vision(vision), dim=-1)
-        return self._scale() * (t * v).sum(-1)
+        t = F.normalize(self.text(text_cls), dim=-1)
+        v = F.normalize(self.vision(vision_cls), dim=-1)
+        return self.log_scale.clamp(max=math.log(100.0)).exp() * t @ v.T
