@@ -103,10 +103,16 @@ def trend(rows: Sequence[MatchedRow], higher_is_more_similar: bool) -> str:
     better = [(b > a) == higher_is_more_similar for a, b in zip(scores, scores[1:], strict=False)]
     first, last = rows[0], rows[-1]
     rises = (last.score > first.score) == higher_is_more_similar
+    if not rises:
+        verb = "does not rise with depth"
+    elif all(better):
+        verb = "rises steadily with depth"
+    else:
+        verb = "rises with depth overall, but not monotonically"
     pick = max if higher_is_more_similar else min
     best = pick(rows, key=lambda r: r.score)
     return (
-        f"{'rises' if rises else 'does not rise'} with depth: {_fmt(first.score)}{_ci(first)} "
+        f"{verb}: {_fmt(first.score)}{_ci(first)} "
         f"at {first.layer_a} vs {first.layer_b} (depth {first.depth:.2f}) to "
         f"{_fmt(last.score)}{_ci(last)} at {last.layer_a} vs {last.layer_b} "
         f"(depth {last.depth:.2f}); it grows in {sum(better)} of the {len(better)} steps "
