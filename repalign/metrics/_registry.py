@@ -40,6 +40,9 @@ class MetricSpec:
     invariances: frozenset[str]
     reference: str
     min_rows: int = 2
+    # False when duplicated rows change the score spuriously (a duplicate is its own nearest
+    # neighbour): bootstrap_ci then subsamples without replacement instead
+    duplicates_ok: bool = True
     prepare: Callable[..., Any] | None = None
     combine: Callable[..., torch.Tensor] | None = None
     grid: Callable[..., torch.Tensor] | None = None
@@ -69,6 +72,7 @@ def register_metric(
     invariances: tuple[str, ...] = (),
     reference: str,
     min_rows: int = 2,
+    duplicates_ok: bool = True,
     prepare: Callable[..., Any] | None = None,
     combine: Callable[..., torch.Tensor] | None = None,
     grid: Callable[..., torch.Tensor] | None = None,
@@ -94,6 +98,7 @@ def register_metric(
             invariances=frozenset(invariances),
             reference=reference,
             min_rows=min_rows,
+            duplicates_ok=duplicates_ok,
             prepare=prepare,
             combine=combine,
             grid=grid,

@@ -174,6 +174,7 @@ def _knn_combine(
     prepare=_knn_prepare,
     combine=_knn_combine,
     min_rows=3,
+    duplicates_ok=False,
 )
 def mutual_knn(
     x: torch.Tensor,
@@ -260,6 +261,7 @@ def _cknna_combine(
     prepare=_cknna_prepare,
     combine=_cknna_combine,
     min_rows=4,
+    duplicates_ok=False,
 )
 def cknna(
     x: torch.Tensor,

@@ -78,14 +78,26 @@ def bootstrap_ci(
     dtype: torch.dtype = torch.float64,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
-    r"""Percentile bootstrap interval of ``metric(x, y)`` over stimuli.
+    r"""Confidence interval of ``metric(x, y)`` over the sampling of stimuli.
 
-    Rows are resampled with replacement, the same rows for ``x`` and ``y``;
-    the interval is the ((1-level)/2, (1+level)/2) quantiles of the
-    resampled scores (Efron & Tibshirani 1993). Duplicated rows create exact
-    ties, which k-NN metrics resolve by index.
+    Rows are resampled with the same indices for ``x`` and ``y``.
 
-    Returns 0-d tensors ``observed``, ``ci_low``, ``ci_high`` and the 1-d ``boot``.
+    - Most metrics: the percentile bootstrap (Efron & Tibshirani 1993),
+      n rows drawn with replacement; the interval is the ((1-level)/2,
+      (1+level)/2) quantiles of the resampled scores.
+    - Metrics registered with ``duplicates_ok=False`` (mutual k-NN, CKNNA): a
+      duplicated row is its own nearest neighbour in both spaces, which
+      inflates every resampled score. They use subsampling instead (Politis &
+      Romano 1994): m = n/2 rows drawn without replacement; the interval is
+      θ̂ + sqrt(m/n) · q(θ_m - mean θ_m), the spread of the half-size scores
+      rescaled to n (the usual sqrt(n) rate) and centred on the full-sample
+      score. Centring on the subsamples' own mean removes the drift of k-NN
+      scores with n (chance overlap is about k/n), which would otherwise shift
+      the whole interval.
+
+    Returns 0-d tensors ``observed``, ``ci_low``, ``ci_high``, the 1-d ``boot``
+    (the resampled scores) and ``method`` is recorded in the key ``subsample``
+    (1 when subsampling was used, else 0).
     """
     spec = _spec(metric)
     spec.check_options(options)
@@ -97,21 +109,36 @@ def bootstrap_ci(
     observed = spec.fn(x, y, dtype=dtype, **options)
     gen = _generator(seed)
     n = x.shape[0]
+    subsample = not spec.duplicates_ok
+    m = n // 2 if subsample else n
+    if subsample and m < spec.min_rows + 1:
+        raise ValueError(f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}")
     boot = torch.empty(n_boot, dtype=dtype, device=x.device)
     done = 0
     for _ in range(50 * n_boot):
         if done == n_boot:
             break
-        idx = torch.randint(n, (n,), generator=gen).to(x.device)
+        if subsample:
+            idx = torch.randperm(n, generator=gen)[:m].to(x.device)
+        else:
+            idx = torch.randint(n, (n,), generator=gen).to(x.device)
         try:
             boot[done] = spec.fn(x[idx], y[idx], dtype=dtype, **options)
         except ValueError:
-            continue  # a degenerate resample (e.g. all rows equal): draw another
+            continue  # a degenerate resample (e.g. every row equal): draw another
         done += 1
     if done < n_boot:
-        raise ValueError(
-            f"only {done} of {n_boot} bootstrap resamples were valid; use more samples"
-        )
+        raise ValueError(f"only {done} of {n_boot} resamples were valid; use more samples")
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=dtype, device=x.device)
-    low, high = torch.quantile(boot, q)
-    return {"observed": observed, "ci_low": low, "ci_high": high, "boot": boot}
+    if subsample:
+        q_low, q_high = torch.quantile(boot - boot.mean(), q) * (m / n) ** 0.5
+        low, high = observed + q_low, observed + q_high
+    else:
+        low, high = torch.quantile(boot, q)
+    return {
+        "observed": observed,
+        "ci_low": low,
+        "ci_high": high,
+        "boot": boot,
+        "subsample": torch.tensor(int(subsample), device=x.device),
+    }

@@ -34,13 +34,21 @@ BAD = {
     "one_d": (lambda: (_good()[0][:, 0], _good()[1]), ValueError, "2-D"),
     "nan": (_nan_in_x, ValueError, "x contains"),
     "inf": (_inf_in_y, ValueError, "y contains"),
-    "constant": (lambda: (torch.ones(30, 5, dtype=torch.float64), _good()[1]), ValueError, "constant"),
+    "constant": (
+        lambda: (torch.ones(30, 5, dtype=torch.float64), _good()[1]),
+        ValueError,
+        "constant",
+    ),
     "integer": (lambda: (torch.arange(150).reshape(30, 5), _good()[1]), TypeError, "dtype"),
     "complex": (lambda: (_good()[0].to(torch.complex128), _good()[1]), TypeError, "complex"),
     "devices": (lambda: (_good()[0], _good()[1].to("meta")), ValueError, "device"),
     "list": (lambda: (_good()[0].tolist(), _good()[1]), TypeError, "numpy"),
     "too_few_rows": (lambda: (_good()[0][:1], _good()[1][:1]), ValueError, "at least"),
-    "empty_features": (lambda: (torch.empty(30, 0, dtype=torch.float64), _good()[1]), ValueError, "empty"),
+    "empty_features": (
+        lambda: (torch.empty(30, 0, dtype=torch.float64), _good()[1]),
+        ValueError,
+        "empty",
+    ),
 }
 
 

@@ -33,19 +33,29 @@ def test_grid_equals_pair_metric(name, options, n, widths):
     xs = _layers(n, widths, 0)
     ys = _layers(n, (4, 7), 10)
     fn = get_metric(name).fn
-    expected = torch.tensor([[float(fn(a, b, **options)) for b in ys.values()] for a in xs.values()], dtype=torch.float64)
+    expected = torch.tensor(
+        [[float(fn(a, b, **options)) for b in ys.values()] for a in xs.values()],
+        dtype=torch.float64,
+    )
     got = pairwise(xs, ys, metric=name, **options)
     assert got.shape == (len(xs), len(ys))
     torch.testing.assert_close(got, expected.to(got.dtype), atol=1e-9, rtol=0)
-    expected_self = torch.tensor([[float(fn(a, b, **options)) for b in xs.values()] for a in xs.values()], dtype=torch.float64)
-    torch.testing.assert_close(pairwise(xs, metric=name, **options), expected_self.to(got.dtype), atol=1e-9, rtol=0)
+    expected_self = torch.tensor(
+        [[float(fn(a, b, **options)) for b in xs.values()] for a in xs.values()],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(
+        pairwise(xs, metric=name, **options), expected_self.to(got.dtype), atol=1e-9, rtol=0
+    )
 
 
 @pytest.mark.parametrize("route_n", [20, 200], ids=["gram-route", "feature-route"])
 def test_linear_cka_grid_routes_agree(route_n):
     xs = [related_pair(route_n, w, 3, seed=w)[0] for w in (30, 40)]
     got = pairwise(xs, metric="cka")
-    expected = torch.tensor([[float(get_metric("cka").fn(a, b)) for b in xs] for a in xs], dtype=torch.float64)
+    expected = torch.tensor(
+        [[float(get_metric("cka").fn(a, b)) for b in xs] for a in xs], dtype=torch.float64
+    )
     torch.testing.assert_close(got, expected.to(got.dtype), atol=1e-10, rtol=0)
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from repalign.metrics import get_metric, list_metrics
-from tests.metrics._data import related_pair, random_orthogonal
+from tests.metrics._data import random_orthogonal, related_pair
 
 METRICS = list_metrics()
 # invariances implied by others (a permutation matrix is orthogonal, and so on)

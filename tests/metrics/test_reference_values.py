@@ -12,7 +12,9 @@ from tests import oracles
 from tests.metrics._data import related_pair
 
 
-@pytest.fixture(params=[(60, 12, 9), (30, 40, 50), (9, 3, 4)], ids=lambda s: "n%d-d%d-d%d" % s)
+@pytest.fixture(
+    params=[(60, 12, 9), (30, 40, 50), (9, 3, 4)], ids=lambda s: f"n{s[0]}-d{s[1]}-d{s[2]}"
+)
 def pair(request):
     n, d1, d2 = request.param
     x, y = related_pair(n, d1, d2, latent=min(5, d1, d2))
@@ -24,7 +26,9 @@ def test_linear_cka_biased(pair):
     xc, yc = x - x.mean(0), y - y.mean(0)
     expected = oracles.cka_from_grams(oracles.linear_gram(xc), oracles.linear_gram(yc))
     # also the closed form of Kornblith et al. in feature space
-    closed = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    closed = np.linalg.norm(yc.T @ xc) ** 2 / (
+        np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)
+    )
     assert float(cka(x, y)) == pytest.approx(expected, rel=1e-10)
     assert expected == pytest.approx(closed, rel=1e-10)
 

@@ -51,3 +51,16 @@ def test_stats_options_and_errors():
         permutation_test("cka", x, y, n_permutations=0)
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci("cka", x, y, level=1.5)
+
+
+def test_knn_interval_is_not_inflated_by_duplicates():
+    # independent inputs: a with-replacement bootstrap puts mutual k-NN's whole interval above
+    # the observed score (duplicates are their own neighbours); subsampling must not
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    y = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    out = bootstrap_ci("mutual_knn", x, y, n_boot=100, seed=0, k=5)
+    assert int(out["subsample"]) == 1
+    assert float(out["ci_low"]) <= float(out["observed"]) <= float(out["ci_high"])
+    plain = bootstrap_ci("cka", x, y, n_boot=20, seed=0)
+    assert int(plain["subsample"]) == 0
