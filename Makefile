@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/repalign metrics-demo
+	$(BIN)/repalign demo --out results
 
 test: setup
 	$(BIN)/ruff check repalign tests benchmarks
