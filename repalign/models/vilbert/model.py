@@ -74,6 +74,7 @@ def build_vision_tower(
     spec = dict(config.vision)
     name = spec.pop("model", None)
     weights = spec.pop("weights", None)
+    conv_stem = bool(spec.pop("conv_stem", False))
     with torch.device(device) if device else _nullcontext():
         if name is not None:
             tower = timm.create_model(name, pretrained=False, num_classes=0, **spec)
@@ -84,6 +85,13 @@ def build_vision_tower(
             f"vision tower {name or 'VisionTransformer'} must be a timm VisionTransformer with a "
             "class token (ViLBERT pools and contrasts on it)"
         )
+    if conv_stem:
+        if weights is not None:
+            raise ValueError(
+                "vision conv_stem replaces the patch embedding, so pretrained ViT weights do "
+                "not fit it; use conv_stem only for a randomly initialised vision tower"
+            )
+        tower.patch_embed.proj = conv_stem_for(tower)
     if weights is not None and load_weights:
         state = _read_state_dict(Path(weights))
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -94,6 +102,24 @@ def build_vision_tower(
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
     return tower
+
+
+def conv_stem_for(tower: VisionTransformer) -> nn.Sequential:
+    """A convolutional patch embedding (Xiao et al. 2021, "Early convolutions help
+    transformers see better"): stride-2 3x3 convolutions with GELU down to the patch
+    grid, then a 1x1 projection to the embedding width; same output shape as the
+    linear patch projection it replaces. The patch size must be a power of two."""
+    patch = int(tower.patch_embed.patch_size[0])
+    steps = patch.bit_length() - 1
+    if patch != 2**steps or patch < 2:
+        raise ValueError(f"conv_stem needs a power-of-two patch size, got {patch}")
+    width, layers, channels = tower.embed_dim, [], 3
+    for i in range(steps):
+        out = max(16, width // 2 ** (steps - 1 - i))
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU()]
+        channels = out
+    layers.append(nn.Conv2d(channels, width, 1))
+    return nn.Sequential(*layers)
 
 
 class _nullcontext:

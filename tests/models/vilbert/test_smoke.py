@@ -62,3 +62,20 @@ def test_pretrain_losses_finite(tasks, tokenizer, samples32):
     # DDP with find_unused_parameters=False: every trainable parameter is in the graph.
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_conv_stem_keeps_the_token_grid():
+    config = preset("tiny", vision={"conv_stem": True})
+    model = ViLBERT(config).eval()
+    assert isinstance(model.vision.patch_embed.proj, torch.nn.Sequential)
+    with torch.no_grad():
+        out = model(
+            torch.randint(5, 20, (2, 5)),
+            torch.ones(2, 5, dtype=torch.long),
+            torch.randn(2, 3, 64, 64),
+        )
+    assert out.vision.shape == (2, 1 + (64 // 16) ** 2, config.hidden_size)
+    with pytest.raises(ValueError, match="power-of-two"):
+        ViLBERT(preset("tiny", vision={"conv_stem": True, "img_size": 60, "patch_size": 12}))
+    with pytest.raises(ValueError, match="randomly initialised"):
+        ViLBERT(preset("tiny", vision={"conv_stem": True, "weights": "w.safetensors"}))
