@@ -40,6 +40,12 @@ def _series(records: list[dict[str, Any]], split: str) -> dict[str, tuple[list[i
     return dict(out)
 
 
+def _probe_key(name: str) -> tuple[str, str]:
+    """``mutual_knn_fusion2`` -> ``("mutual_knn", "fusion2")`` (metric names hold underscores)."""
+    match = re.fullmatch(r"(.+)_(tower|fusion\d+)", name)
+    return (match.group(1), match.group(2)) if match else (name, name)
+
+
 def _task(name: str) -> str:
     """``noise_mlm_attribute_accuracy`` -> ``mlm_attribute``: the colour key of a series."""
     name = name.removeprefix("noise_")
@@ -69,27 +75,29 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
     losses, accuracies = keys(r"_loss$"), keys(r"_accuracy$|^accuracy$|^auroc$")
     if not losses and "loss" in train:
         losses = ["loss"]
-    probe_metrics = sorted({k.split("_", 1)[0] for k in probes})
+    probe_metrics = sorted({_probe_key(k)[0] for k in probes})
     panels = [("loss", losses, "log"), ("accuracy", accuracies, "linear")]
     panels += [
-        (f"{m} (text vs vision)", [k for k in probes if k.startswith(f"{m}_")], "linear")
+        (f"{m} (text vs vision)", [k for k in probes if _probe_key(k)[0] == m], "linear")
         for m in probe_metrics
     ]
     panels = [p for p in panels if p[1]]
     if not panels:
         raise ValueError(f"{run_dir / 'log.jsonl'} holds no loss, accuracy or probe values to plot")
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    cols = len(panels) if len(panels) <= 3 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
     palette = plt.get_cmap("tab10")
     tasks = sorted({_task(n) for _, names, _ in panels[:2] for n in names})
     colour_of = {t: palette(i % 10) for i, t in enumerate(tasks)}
-    for ax, (title, names, scale) in zip(axes[0], panels, strict=True):
+    for ax, (title, names, scale) in zip(axes.flat, panels, strict=False):
         if title.endswith("(text vs vision)"):
             for i, name in enumerate(names):
                 steps, values = probes[name]
-                ax.plot(
-                    steps, values, "o-", color=palette(i % 10), ms=3, label=name.split("_", 1)[1]
-                )
+                ax.plot(steps, values, "o-", color=palette(i % 10), ms=3, label=_probe_key(name)[1])
         for name in names if not title.endswith("(text vs vision)") else []:
             task = _task(name)
             noise = name.startswith("noise_")
