@@ -106,7 +106,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=50))
     loop: LoopConfig = field(
-        default_factory=lambda: LoopConfig(steps=3000, log_every=20, eval_every=250)
+        default_factory=lambda: LoopConfig(steps=5000, log_every=20, eval_every=250)
     )
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
