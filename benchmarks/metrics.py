@@ -105,6 +105,9 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--knn-n", type=int, default=None, help="n for the mutual k-NN scale check")
+    parser.add_argument(
+        "--sections", default="single,grid,knn,each", help="comma list of: single, grid, knn, each"
+    )
     args = parser.parse_args()
     dev = torch.device(args.device)
     q = args.quick
@@ -121,7 +124,24 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
 
-    # 1. single linear CKA
+    sections = set(args.sections.split(","))
+
+    if "single" in sections:
+        _single(args, dev, n_single, table, ckatorch)
+    if "grid" in sections:
+        _grid(args, dev, n_grid, n_layers, width, table, ckatorch)
+    if "knn" in sections:
+        _knn_grid(dev, q, n_layers, width, table)
+    if "each" in sections:
+        _each(args, dev, q, n_metric, table)
+    if args.knn_n and "mutual_knn" in list_metrics():
+        x, y = layers(args.knn_n, [768, 768], dev, seed=4)
+        ours = timeit(lambda: get_metric("mutual_knn").fn(x, y, k=10), dev, repeat=1)
+        table.add(f"mutual_knn n={args.knn_n}", ours, "none", None, "no n x n matrix")
+    table.print()
+
+
+def _single(args, dev, n_single, table, ckatorch) -> None:
     x, y = layers(n_single, [768, 1024], dev)
     ours = timeit(lambda: get_metric("cka").fn(x, y), dev, repeat=args.repeat)
     xd, yd = x.double(), y.double()
@@ -143,7 +163,8 @@ def main() -> None:
         )
     table.add("  same", ours, "its 3 bare GEMMs", floor, "GPU: <= 2x GEMMs")
 
-    # 2. the layer grid
+
+def _grid(args, dev, n_grid, n_layers, width, table, ckatorch) -> None:
     xs = layers(n_grid, [width] * n_layers, dev, seed=1)
     ours = timeit(lambda: pairwise(xs, metric="cka"), dev, repeat=max(1, args.repeat - 1))
     stacked = torch.cat(xs, dim=1).double()
@@ -176,7 +197,9 @@ def main() -> None:
     )
     table.add("  same", ours, f"Gram+H loop (x{pairs}/{sample} calls)", t * pairs / sample, "-")
 
-    # 3. mutual k-NN grid
+
+def _knn_grid(dev, q, n_layers, width, table) -> None:
+    pairs, sample = n_layers * n_layers, 3
     if "mutual_knn" in list_metrics():
         n_knn = 512 if q else 2048
         xs_k = layers(n_knn, [width] * n_layers, dev, seed=2)
@@ -194,7 +217,8 @@ def main() -> None:
             ">= 5x",
         )
 
-    # 4. every metric, one pair, n=2000, 768 x 1024
+
+def _each(args, dev, q, n_metric, table) -> None:
     x, y = layers(n_metric, [768, 1024], dev, seed=3)
     for name in list_metrics():
         opts = {"k": 10} if "k" in get_metric(name).options else {}
@@ -219,12 +243,6 @@ def main() -> None:
         table.add(
             "  same, dtype=float32 (as the peers compute)", ours32, peer_name, peer, ">= 1x (CPU)"
         )
-
-    if args.knn_n and "mutual_knn" in list_metrics():
-        x, y = layers(args.knn_n, [768, 768], dev, seed=4)
-        ours = timeit(lambda: get_metric("mutual_knn").fn(x, y, k=10), dev, repeat=1)
-        table.add(f"mutual_knn n={args.knn_n}", ours, "none", None, "no n x n matrix")
-    table.print()
 
 
 if __name__ == "__main__":
