@@ -113,3 +113,30 @@ def test_pwcca_matches_whitening_oracle(shape):
 def test_pwcca_weights_differ_from_plain_mean():
     x, y = related_pair(100, 10, 10)
     assert abs(float(pwcca(x, y)) - float(cca(x, y))) > 1e-3
+
+
+@pytest.mark.parametrize("d1,d2", [(64, 65), (101, 130)])
+def test_linear_cka_wide_layers_use_block_triangle(d1, d2):
+    # widths >= 64 take the upper-block-triangle route for XᵀX and YᵀY
+    x, y = (a.numpy() for a in related_pair(300, d1, d2))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = oracles.cka_from_grams(oracles.linear_gram(xc), oracles.linear_gram(yc))
+    assert float(cka(x, y)) == pytest.approx(expected, rel=1e-10)
+    assert float(cka(x, y, unbiased=True)) == pytest.approx(
+        oracles.cka_from_grams(
+            oracles.linear_gram(xc), oracles.linear_gram(yc), hsic=_unbiased_fast
+        ),
+        rel=1e-9,
+    )
+
+
+def _unbiased_fast(k, l):  # noqa: E741
+    # Song et al. eq. 5 written directly (the brute-force U-statistic is O(n⁴))
+    n = k.shape[0]
+    kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    one = np.ones(n)
+    return (
+        np.trace(kt @ lt)
+        + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ kt @ lt @ one)
+    ) / (n * (n - 3))
