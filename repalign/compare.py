@@ -387,16 +387,22 @@ def _metric_scores(
     )
 
 
-def _provenance(
-    paths: Sequence[Path],
-    side_a: Side,
-    side_b: Side,
+def provenance_attrs(
+    files: Sequence[str | os.PathLike[str]],
+    model_a: str,
+    model_b: str,
     ids: Sequence[str],
     *,
     seed: int,
     config: Mapping[str, Any],
 ) -> dict[str, str | int | float]:
-    """The score file's global attrs: versions, time, data and file hashes, resolved config."""
+    """A score file's global attrs: versions, time, data and file hashes, resolved config.
+
+    ``files`` may hold shard globs; every matching file is listed and hashed.
+    """
+    from repalign.store.merge import expand_paths
+
+    paths = [p for f in files for p in expand_paths(f)]
     return {
         "title": "repalign alignment scores",
         "repalign_version": repalign.__version__,
@@ -406,8 +412,8 @@ def _provenance(
         "sample_ids_sha256": sha256_ids(ids),
         "feature_files": json.dumps([str(p.resolve()) for p in paths]),
         "feature_files_sha256": json.dumps([sha256_file(p) for p in paths]),
-        "model_a": str(side_a.attrs.get("model", side_a.path.stem)),
-        "model_b": str(side_b.attrs.get("model", side_b.path.stem)),
+        "model_a": model_a,
+        "model_b": model_b,
         "config_json": json.dumps(dict(config), default=str),
         "versions_json": json.dumps(_versions()),
     }
@@ -521,5 +527,12 @@ def compare(
         "align_on_ids": align_on_ids,
         "stats_pairs": stats_pairs,
     }
-    attrs = _provenance(paths, side_a, side_b, ids, seed=seed, config=config)
+    attrs = provenance_attrs(
+        files,
+        str(side_a.attrs.get("model", side_a.path.stem)),
+        str(side_b.attrs.get("model", side_b.path.stem)),
+        ids,
+        seed=seed,
+        config=config,
+    )
     return scores_dataset(side_a.axis, side_b.axis, metric_scores, attrs)

@@ -19,14 +19,10 @@ score Dataset that :func:`repalign.compare.compare` returns.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +31,12 @@ import torch
 import xarray as xr
 from rich.progress import Progress
 
-import repalign
 from repalign._numerics import check_compute_dtype, check_matrix
 from repalign.compare import (
     MetricRequest,
     align_sample_ids,
+    provenance_attrs,
     select_layers,
-    sha256_file,
-    sha256_ids,
 )
 from repalign.metrics import StreamingCCA, StreamingCKA, get_metric
 from repalign.store import schema
@@ -313,15 +307,6 @@ def _provenance(
     dev: torch.device,
 ) -> dict[str, str | int | float]:
     """The score file's global attrs, as :func:`repalign.compare.compare` writes them."""
-    from repalign.store.merge import expand_paths
-
-    paths = [p for f in files for p in expand_paths(f)]
-    versions = {"repalign": repalign.__version__, "python": platform.python_version()}
-    for dist in ("torch", "numpy", "xarray", "netCDF4"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     config = {
         "files": [str(f) for f in files],
         "metrics": [
@@ -335,17 +320,11 @@ def _provenance(
         "chunk_size": chunk_size,
         "device": str(dev),
     }
-    return {
-        "title": "repalign alignment scores",
-        "repalign_version": repalign.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": 0,
-        "n_samples": len(ids),
-        "sample_ids_sha256": sha256_ids(ids),
-        "feature_files": json.dumps([str(Path(p).resolve()) for p in paths]),
-        "feature_files_sha256": json.dumps([sha256_file(p) for p in paths]),
-        "model_a": str(side_a.ds.attrs.get("model", Path(side_a.path).stem)),
-        "model_b": str(side_b.ds.attrs.get("model", Path(side_b.path).stem)),
-        "config_json": json.dumps(config, default=str),
-        "versions_json": json.dumps(versions),
-    }
+    return provenance_attrs(
+        files,
+        str(side_a.ds.attrs.get("model", Path(side_a.path).stem)),
+        str(side_b.ds.attrs.get("model", Path(side_b.path).stem)),
+        ids,
+        seed=0,
+        config=config,
+    )
