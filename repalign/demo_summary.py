@@ -258,10 +258,10 @@ def write_summary(s: SummaryInputs) -> Path:
             [
                 "Caveat: for "
                 + ", ".join(f"`{m}`" for m in ci_misses(main))
-                + " the bootstrap interval misses the score itself on some pairs. Resampling "
-                "duplicates samples, and a duplicate is its own nearest neighbour in both "
-                "spaces, which biases k-NN metrics (and SVCCA's rank) upward; read those "
-                "intervals as a spread, not a calibrated 95% interval.",
+                + " the resampling interval misses the score itself on some pairs (k-NN "
+                "metrics and SVCCA use a subsampling interval, since duplicated samples bias "
+                "them; it assumes the usual sqrt(n) rate); read those intervals as a spread, "
+                "not a calibrated 95% interval.",
                 "",
             ]
             if ci_misses(main)

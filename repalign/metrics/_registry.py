@@ -41,7 +41,7 @@ class MetricSpec:
     reference: str
     min_rows: int = 2
     # False when duplicated rows change the score spuriously (a duplicate is its own nearest
-    # neighbour): bootstrap_ci then subsamples without replacement instead
+    # neighbour; duplicates shift SVCCA's variance cut): bootstrap_ci subsamples instead
     duplicates_ok: bool = True
     prepare: Callable[..., Any] | None = None
     combine: Callable[..., torch.Tensor] | None = None

@@ -117,6 +117,8 @@ def _svcca_prepare(x: torch.Tensor, *, keep: float | int = 0.99) -> CCAState:
     reference="Raghu et al. 2017, SVCCA: Singular Vector Canonical Correlation Analysis, NeurIPS",
     prepare=_svcca_prepare,
     combine=_cca_combine,
+    # duplicated rows shrink the spread of singular values, so `keep` selects other directions
+    duplicates_ok=False,
 )
 def svcca(
     x: torch.Tensor,

@@ -85,9 +85,9 @@ def bootstrap_ci(
     - Most metrics: the percentile bootstrap (Efron & Tibshirani 1993),
       n rows drawn with replacement; the interval is the ((1-level)/2,
       (1+level)/2) quantiles of the resampled scores.
-    - Metrics registered with ``duplicates_ok=False`` (mutual k-NN, CKNNA): a
-      duplicated row is its own nearest neighbour in both spaces, which
-      inflates every resampled score. They use subsampling instead (Politis &
+    - Metrics registered with ``duplicates_ok=False`` (mutual k-NN, CKNNA,
+      SVCCA): a duplicated row is its own nearest neighbour in both spaces, or
+      moves SVCCA's variance cut, which biases every resampled score. They use subsampling instead (Politis &
       Romano 1994): m = n/2 rows drawn without replacement; the interval is
       θ̂ + sqrt(m/n) · q(θ_m - mean θ_m), the spread of the half-size scores
       rescaled to n (the usual sqrt(n) rate) and centred on the full-sample
