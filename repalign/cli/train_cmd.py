@@ -96,7 +96,8 @@ def pretrain(
         result = run_pretraining(cfg, resume=resume)
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
-    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+    if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
 def finetune(
@@ -129,7 +130,8 @@ def finetune(
         result = run_finetuning(cfg, resume=resume)
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
-    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+    if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
 def plot_training(

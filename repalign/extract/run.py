@@ -181,7 +181,9 @@ def shard_range(n: int, shard: str | None) -> tuple[int, int]:
         raise ValueError(f"--shard takes K/N (e.g. 0/4), got {shard!r}") from None
     if not (total >= 1 and 0 <= k < total):
         raise ValueError(f"--shard {shard}: need 0 <= K < N")
-    return k * n // total, (k + 1) * n // total
+    from repalign.distributed import shard_range as part
+
+    return part(n, k, total)
 
 
 def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) -> dict[str, Any]:
