@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from repalign._numerics import center, check_pair, require_variance
+from repalign._numerics import center, check_pair
 from repalign.metrics._registry import register_metric
 
 
@@ -41,7 +41,6 @@ def _orthonormal_basis(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cca_prepare(x: torch.Tensor) -> CCAState:
-    require_variance(x, "a layer")
     xc = center(x)
     q, _ = _orthonormal_basis(xc)
     return CCAState(xc, q)
@@ -94,7 +93,6 @@ def _check_keep(keep: float | int) -> None:
 
 def _svcca_prepare(x: torch.Tensor, *, keep: float | int = 0.99) -> CCAState:
     _check_keep(keep)
-    require_variance(x, "a layer")
     xc = center(x)
     q, s = _orthonormal_basis(xc)
     if isinstance(keep, float):

@@ -15,6 +15,7 @@ from repalign._numerics import (
     check_compute_dtype,
     check_matrix,
     check_same_rows,
+    require_variance,
 )
 from repalign.metrics._registry import MetricSpec, get_metric
 
@@ -45,7 +46,10 @@ def _validate(
         raise ValueError(
             f"layers are on several devices {sorted(map(str, devices))}; move them to one"
         )
-    return [check_matrix(a, n, dtype=dtype) for n, a in zip(names, arrays, strict=True)]
+    checked = [check_matrix(a, n, dtype=dtype) for n, a in zip(names, arrays, strict=True)]
+    for name, a in zip(names, checked, strict=True):
+        require_variance(a, f"layer {name!r}")
+    return checked
 
 
 def _prepare_all(spec: MetricSpec, names, arrays, options) -> list[Any]:

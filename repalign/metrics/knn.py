@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from repalign._numerics import check_pair, check_rows, require_variance
+from repalign._numerics import check_pair, check_rows
+from repalign.metrics._kernels import unbiased_hsic_from_parts
 from repalign.metrics._registry import register_metric
 
 _BLOCK_BYTES = 64 * 1024**2  # default size of one (chunk, n) block of similarities
@@ -135,7 +136,6 @@ def _knn_prepare(x: torch.Tensor, *, k: int = 10, chunk_size: int | None = None)
     """Per-layer work for mutual k-NN: unit-norm rows and their k-NN lists."""
     n = x.shape[0]
     _check_k(k, n)
-    require_variance(x, "a layer")
     chunk = _resolve_chunk(chunk_size, n, x.element_size())
     indices, similarities = knn_graph(_normalise_rows(x), k, chunk)
     rows = torch.arange(n, device=x.device)[:, None]
@@ -226,8 +226,7 @@ def _masked_hsic(a: KnnState, b: KnnState) -> torch.Tensor:
     rows = torch.arange(n, device=a.keys.device).repeat_interleave(a.k)
     back, found = _find(a.keys, a.indices.reshape(-1) * n + rows)
     trace = (a_vals * torch.where(found, b_vals[back], 0)).sum()
-    hsic = trace + a_vals.sum() * b_vals.sum() / ((n - 1) * (n - 2)) - 2 * cross / (n - 2)
-    return hsic / (n * (n - 3))
+    return unbiased_hsic_from_parts(trace, a_vals.sum(), b_vals.sum(), cross, n)
 
 
 def _cknna_prepare(x: torch.Tensor, *, k: int = 10, chunk_size: int | None = None) -> KnnState:
