@@ -115,11 +115,9 @@ class GridMoments:
         side_b = "a" if self.same else "b"
         ma, mb = self.layers[("a", a)], self.layers[(side_b, b)]
         cross = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
-        acc = cls(dtype=self.dtype)
-        acc.n = self.n
-        acc._shift_x, acc._shift_y = ma.shift, mb.shift
-        acc.sx, acc.sy, acc.xx, acc.yy, acc.xy = ma.s, mb.s, ma.g, mb.g, cross
-        return acc
+        return cls.from_moments(
+            self.n, (ma.shift, mb.shift), (ma.s, mb.s), ma.g, mb.g, cross, dtype=self.dtype
+        )
 
 
 def check_streamable(requests: Sequence[MetricRequest]) -> None:
