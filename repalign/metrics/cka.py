@@ -118,6 +118,11 @@ def _cka_prepare(
         else:
             state.centered_kernel = double_center(k)
             state.self_hsic = biased_hsic(state.centered_kernel, state.centered_kernel)
+    if not bool(state.self_hsic > 0):  # checked once per layer, so pairs divide without a sync
+        raise ValueError(
+            "HSIC of an input with itself is not positive (the unbiased estimator can be <= 0 "
+            "for very small n or nearly constant inputs); use more samples or unbiased=False"
+        )
     return state
 
 
@@ -132,18 +137,8 @@ def _cka_cross_hsic(a: CKAState, b: CKAState) -> torch.Tensor:
     return biased_hsic(a.centered_kernel, b.centered_kernel)
 
 
-def _cka_normalise(cross: torch.Tensor, self_a: torch.Tensor, self_b: torch.Tensor) -> torch.Tensor:
-    denom_sq = self_a * self_b
-    if bool(denom_sq <= 0):
-        raise ValueError(
-            "HSIC of an input with itself is not positive (the unbiased estimator can be <= 0 "
-            "for very small n or nearly constant inputs); use more samples or unbiased=False"
-        )
-    return cross / torch.sqrt(denom_sq)
-
-
 def _cka_combine(a: CKAState, b: CKAState, **_: object) -> torch.Tensor:
-    return _cka_normalise(_cka_cross_hsic(a, b), a.self_hsic, b.self_hsic)
+    return _cka_cross_hsic(a, b) / torch.sqrt(a.self_hsic * b.self_hsic)
 
 
 # Grid: the cross terms of all pairs in a few large matrix products.
@@ -217,11 +212,6 @@ def _cka_grid(sx: list[CKAState], sy: list[CKAState], *, same: bool, **_: object
         cross = _stack_dot(kx, kx if same else [s.centered_kernel for s in sy]) / (n - 1) ** 2
     self_x = torch.stack([s.self_hsic for s in sx])
     self_y = torch.stack([s.self_hsic for s in sy])
-    if bool((self_x <= 0).any()) or bool((self_y <= 0).any()):
-        raise ValueError(
-            "HSIC of a layer with itself is not positive (the unbiased estimator can be <= 0 "
-            "for very small n); use more samples or unbiased=False"
-        )
     return cross / torch.sqrt(self_x[:, None] * self_y[None, :])
 
 
