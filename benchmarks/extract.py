@@ -33,6 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import sync  # noqa: E402
+
 from repalign.data.base import Sample  # noqa: E402
 from repalign.extract.run import DTYPES, extract  # noqa: E402
 from repalign.models.timm_vision import TimmVisionAdapter  # noqa: E402
@@ -48,11 +51,6 @@ class PremadeBatches(TimmVisionAdapter):
 
     def collate(self, samples):
         return {"pixel_values": self.pixels[: len(samples)]}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare(adapter, n_batches: int, device, dtype) -> tuple[float, float]:
