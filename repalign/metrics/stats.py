@@ -95,9 +95,9 @@ def bootstrap_ci(
       scores with n (chance overlap is about k/n), which would otherwise shift
       the whole interval.
 
-    Returns 0-d tensors ``observed``, ``ci_low``, ``ci_high``, the 1-d ``boot``
-    (the resampled scores) and ``method`` is recorded in the key ``subsample``
-    (1 when subsampling was used, else 0).
+    Returns 0-d tensors ``observed``, ``ci_low``, ``ci_high`` and ``subsample``
+    (1 when the subsampling interval was used, else 0), and the 1-d ``boot``
+    (the resampled scores).
     """
     spec = _spec(metric)
     spec.check_options(options)
