@@ -7,13 +7,14 @@ registered.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+
+from repalign._suggest import did_you_mean
 
 Invariance = Literal[
     "orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"
@@ -119,8 +120,7 @@ def get_metric(name: str) -> MetricSpec:
     try:
         return _METRICS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_METRICS), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, _METRICS)
         raise ValueError(
             f"unknown metric {name!r}.{hint} Available: {', '.join(list_metrics())}"
         ) from None

@@ -11,12 +11,12 @@ The entry point's name is the adapter name; it must load an :class:`Adapter` sub
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 from importlib.metadata import entry_points
 from typing import TypeVar
 
+from repalign._suggest import did_you_mean
 from repalign.models.base import Adapter
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ def get_adapter(name: str) -> type[Adapter]:
     try:
         return _ADAPTERS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_ADAPTERS), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, _ADAPTERS)
         raise KeyError(
             f"unknown model adapter {name!r}.{hint} Available: {', '.join(sorted(_ADAPTERS))}"
         ) from None
