@@ -15,7 +15,8 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -298,6 +299,9 @@ def extract(
         with record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
                 torch.no_grad(), _progress(cfg.progress, n_total, start - lo, out.name) as advance:  # fmt: skip
             skipped_changed = True  # the file gets the list with its first batch
+            # a file exists, or is queued to be opened, once a batch with samples is submitted;
+            # the writer thread sets writer.file only when it gets to that batch
+            opened = file is not None
             for batch in loader:
                 skipped += batch.skipped
                 progress: dict[str, Any] = {schema.NEXT_INDEX: batch.next_index}
@@ -310,8 +314,8 @@ def extract(
                         masks=adapter.token_masks(inputs),
                     )
                     writer.submit(batch.sample_ids, feats, progress)
-                    skipped_changed = False
-                elif writer.file is not None or file is not None:
+                    skipped_changed, opened = False, True
+                elif opened:
                     writer.submit([], {}, progress)
                     skipped_changed = False
                 advance(batch.next_index - lo)
@@ -340,29 +344,22 @@ def extract(
     )
 
 
-class _progress:
-    """A rich progress bar over dataset positions (a no-op when disabled)."""
+@contextmanager
+def _progress(enabled: bool, total: int, start: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over dataset positions yielding ``advance(position)`` (a no-op
+    when disabled)."""
+    if not enabled:
+        yield lambda position: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
-        self.enabled, self.total, self.start, self.label = enabled, total, start, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda position: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(TextColumn("extract {task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), transient=False)  # fmt: skip
-        self._bar.__enter__()
-        task = self._bar.add_task(self.label, total=self.total, completed=self.start)
-        return lambda position: self._bar.update(task, completed=position)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)
+    with Progress(TextColumn("extract {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=False) as bar:  # fmt: skip
+        task = bar.add_task(label, total=total, completed=start)
+        yield lambda position: bar.update(task, completed=position)
