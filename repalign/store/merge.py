@@ -182,7 +182,11 @@ def open_merged(paths: PathsLike) -> xr.Dataset:
     attrs are those of an unsharded run (``shard`` empty, progress attrs summed).
     Closing it closes the shard files.
     """
-    parts = _ordered_shards(expand_paths(paths))
+    return _merge_opened(_ordered_shards(expand_paths(paths)))
+
+
+def _merge_opened(parts: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
+    """:func:`open_merged` of shards already opened and ordered by :func:`_ordered_shards`."""
     datasets = [ds for _, ds in parts]
     try:
         ids = np.concatenate([ds[schema.SAMPLE_ID].values.astype(str) for ds in datasets])
@@ -259,10 +263,11 @@ def write_merged(
     shard_paths = expand_paths(paths)
     if out.resolve() in {p.resolve() for p in shard_paths}:
         raise ValueError(f"--out {out} is one of the shards; write the merge to another path")
-    merged = open_merged(shard_paths)
+    parts = _ordered_shards(shard_paths)
+    first_shard = parts[0][0]
+    merged = _merge_opened(parts)
     tmp = out.with_name(out.name + ".partial")
     try:
-        first_shard = min(shard_paths, key=lambda p: shard_index(_raw_attrs(p), p)[0])
         with netCDF4.Dataset(first_shard) as src, netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
             _create_like(src, merged, nc)
             n = merged.sizes[schema.SAMPLE_DIM]
@@ -285,13 +290,6 @@ def write_merged(
         merged.close()
     log.info("merged %d shards (%d samples) into %s", len(shard_paths), n, out)
     return out
-
-
-def _raw_attrs(path: Path) -> dict[str, Any]:
-    import netCDF4
-
-    with netCDF4.Dataset(path) as nc:
-        return {k: nc.getncattr(k) for k in nc.ncattrs()}
 
 
 def _create_like(src: Any, merged: xr.Dataset, nc: Any) -> None:
