@@ -74,8 +74,7 @@ class FeatureFile:
                 )
                 var.setncatts(layer_attrs(info, pooling))
                 var.coordinates = schema.SAMPLE_ID
-            nc.setncatts({**attrs, "complete": 0})
-            nc.setncatts({schema.N_WRITTEN: 0, schema.SKIPPED_JSON: "[]"})
+            nc.setncatts({**attrs, "complete": 0, schema.N_WRITTEN: 0, schema.SKIPPED_JSON: "[]"})
             nc.sync()
         except BaseException:
             nc.close()
