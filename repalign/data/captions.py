@@ -125,25 +125,21 @@ def read_captions_tsv(path: str | Path, images: str | Path | None = None) -> Ima
     url_map = _read_url_map(root / URL_MAP)
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["caption", "image"]:
         rows = rows[1:]
-    width = len(str(max(len(rows) - 1, 0)))
+    width = max(len(str(max(len(rows) - 1, 0))), 7)
     for i, row in enumerate(rows):
         if len(row) < 2:
             raise ValueError(
                 f"{path}, data row {i}: expected 'caption<TAB>image', got {len(row)} column(s)"
             )
+        sample_id = f"{i:0{width}d}"
         image = row[1].strip()
         if image.startswith(("http://", "https://")):
             local = url_map.get(image)
             if local is None:
-                skipped.append(
-                    (
-                        f"{i:0{max(width, 7)}d}",
-                        f"image URL not downloaded (not in {URL_MAP}): {image}",
-                    )
-                )
+                skipped.append((sample_id, f"image URL not downloaded (not in {URL_MAP}): {image}"))
                 continue
             image = local
-        records.append(Record(f"{i:0{max(width, 7)}d}", row[0], root / image))
+        records.append(Record(sample_id, row[0], root / image))
     return ImageTextRecords(records, skipped=skipped)
 
 
