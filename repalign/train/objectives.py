@@ -60,10 +60,23 @@ class _Seeded:
     """A per-call numpy generator from the collator's seed and one draw of torch's RNG.
 
     torch's RNG is what DataLoader seeds per worker and what a trainer saves and
-    restores, so batches stay reproducible across workers and resumes.
+    restores, so batches stay reproducible across workers and resumes. Also holds
+    what every collator needs: the tokenizer, the caption length and the image transform.
     """
 
-    seed: int
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        image_size: int,
+        augment: bool = False,
+        seed: int = 0,
+        max_length: int = 32,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        self.tokenizer, self.seed, self.max_length = tokenizer, seed, max_length
+        self.transform = ImageTransform(image_size, tuple(mean), tuple(std), augment)
 
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(torch.randint(0, 2**31 - 1, ()))])
@@ -95,11 +108,17 @@ class PretrainCollator(_Seeded):
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.5, 0.5, 0.5),
     ) -> None:
+        super().__init__(
+            tokenizer,
+            image_size=image_size,
+            augment=augment,
+            seed=seed,
+            max_length=max_length,
+            mean=mean,
+            std=std,
+        )
         self.tasks = check_tasks(tasks)
-        self.tokenizer = tokenizer
         self.mlm_probability, self.mim_probability = mlm_probability, mim_probability
-        self.seed, self.max_length = seed, max_length
-        self.transform = ImageTransform(image_size, tuple(mean), tuple(std), augment)
         self.num_patches = None
         if "mim" in self.tasks:
             if patch_size is None:
@@ -179,20 +198,6 @@ class PretrainCollator(_Seeded):
 class ClassifierCollator(_Seeded):
     """Labelled samples (``Sample.label`` 0/1) -> ``input_ids``, ``attention_mask``,
     ``pixel_values`` and float ``labels`` (B,)."""
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        image_size: int,
-        augment: bool = False,
-        seed: int = 0,
-        max_length: int = 32,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    ) -> None:
-        self.tokenizer, self.seed, self.max_length = tokenizer, seed, max_length
-        self.transform = ImageTransform(image_size, tuple(mean), tuple(std), augment)
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         unlabelled = [s.sample_id for s in samples if s.label is None]
