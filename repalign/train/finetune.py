@@ -146,16 +146,14 @@ def build(config: FinetuneConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(tokenizer_source)
     image_size = vconfig.vision_image_size
     seed = config.loop.seed
+    # no augmentation in fine-tuning, so one collator serves training and evaluation
+    collate = ClassifierCollator(tokenizer, image_size=image_size, augment=False, seed=seed)
     return {
         "model": model,
         "vconfig": vconfig,
         "tokenizer": tokenizer_source,
-        "train_collate": ClassifierCollator(
-            tokenizer, image_size=image_size, augment=False, seed=seed
-        ),
-        "eval_collate": ClassifierCollator(
-            tokenizer, image_size=image_size, augment=False, seed=seed
-        ),
+        "train_collate": collate,
+        "eval_collate": collate,
         "splits": finetuning_data(config.data),
     }
 
