@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,9 @@ from repalign.data.base import Sample
 from repalign.distributed import is_main_process
 from repalign.train.batches import BatchStream
 from repalign.train.checkpoint import load_model_weights
-from repalign.train.config import DataConfig, FinetuneConfig, save_config, to_dict
+from repalign.train.config import DataConfig, FinetuneConfig, to_dict
 from repalign.train.data import EVAL_SEED_OFFSET, TEST_SEED_OFFSET, eval_batches, model_device
-from repalign.train.loop import Periodic, Trainer, seed_everything
+from repalign.train.loop import Periodic, Trainer, start_run
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +159,7 @@ def build(config: FinetuneConfig) -> dict[str, Any]:
 
 def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str, float]:
     """Fine-tune, evaluate the best weights on dev and test, write ``RUN/eval.json``."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():  # under torchrun only rank 0 writes files
-        save_config(config, out / "config.yaml")
-    seed_everything(config.loop.seed)  # model initialisation is part of the run
+    out = start_run(config)
     parts = build(config)
     model, splits = parts["model"], parts["splits"]
     seed = config.loop.seed

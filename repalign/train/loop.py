@@ -40,7 +40,7 @@ from repalign.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from repalign.train.config import LoopConfig, OptimConfig
+from repalign.train.config import LoopConfig, OptimConfig, save_config
 
 log = logging.getLogger(__name__)
 
@@ -500,6 +500,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (global RNG on purpose)
     torch.manual_seed(seed)
+
+
+def start_run(config: Any) -> Path:
+    """Create ``config.out``, save the config there (rank 0 only under torchrun) and seed
+    everything from ``config.loop.seed``, before the model is built; return the run folder."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main_process():  # under torchrun only rank 0 writes files
+        save_config(config, out / "config.yaml")
+    seed_everything(config.loop.seed)  # model initialisation is part of the run
+    return out
 
 
 @contextlib.contextmanager

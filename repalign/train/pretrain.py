@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,9 +22,9 @@ from torch import nn
 
 from repalign.distributed import is_main_process, launched_by_torchrun
 from repalign.train.batches import BatchStream
-from repalign.train.config import PretrainConfig, save_config, to_dict
+from repalign.train.config import PretrainConfig, to_dict
 from repalign.train.data import average_outputs, eval_batches, model_device, pretraining_data
-from repalign.train.loop import Periodic, Trainer, seed_everything
+from repalign.train.loop import Periodic, Trainer, start_run
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +159,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
             "task_ratios are not supported under torchrun: each rank would draw its own tasks "
             "(the ranks' RNG streams drift apart); drop task_ratios or run one process"
         )
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():  # under torchrun only rank 0 writes files
-        save_config(config, out / "config.yaml")
-    seed_everything(config.loop.seed)  # model initialisation is part of the run
+    out = start_run(config)
     parts = build(config)
     model, tasks = parts["model"], parts["tasks"]
     n_params = sum(p.numel() for p in model.parameters())
