@@ -387,6 +387,29 @@ def _metric_scores(
     )
 
 
+def run_config(
+    files: Sequence[Any],
+    requests: Sequence[MetricRequest],
+    axis_a: LayerAxis,
+    axis_b: LayerAxis,
+    layers_a: Sequence[str],
+    layers_b: Sequence[str] | None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """The ``config`` a score file records: inputs, metrics and layers, then ``settings``."""
+    return {
+        "files": [str(f) for f in files],
+        "metrics": [
+            {"name": r.name, "options": dict(r.options), "label": r.label} for r in requests
+        ],
+        "layers_a": list(layers_a),
+        "layers_b": None if layers_b is None else list(layers_b),
+        "selected_layers_a": list(axis_a.names),
+        "selected_layers_b": list(axis_b.names),
+        **settings,
+    }
+
+
 def provenance_attrs(
     files: Sequence[str | os.PathLike[str]],
     model_a: str,
@@ -509,24 +532,21 @@ def compare(
         progress=progress,
     )
     metric_scores = [_metric_scores(req, score, stats) for req, score, stats in results]
-    paths = [Path(f) for f in files]
-    config = {
-        "files": [str(p) for p in paths],
-        "metrics": [
-            {"name": r.name, "options": dict(r.options), "label": r.label} for r in requests
-        ],
-        "layers_a": list(layers_a),
-        "layers_b": None if layers_b is None else list(layers_b),
-        "selected_layers_a": list(side_a.axis.names),
-        "selected_layers_b": list(side_b.axis.names),
-        "permutations": permutations,
-        "bootstrap": bootstrap,
-        "level": level,
-        "seed": seed,
-        "device": str(dev),
-        "align_on_ids": align_on_ids,
-        "stats_pairs": stats_pairs,
-    }
+    config = run_config(
+        [Path(f) for f in files],
+        requests,
+        side_a.axis,
+        side_b.axis,
+        layers_a,
+        layers_b,
+        permutations=permutations,
+        bootstrap=bootstrap,
+        level=level,
+        seed=seed,
+        device=str(dev),
+        align_on_ids=align_on_ids,
+        stats_pairs=stats_pairs,
+    )
     attrs = provenance_attrs(
         files,
         str(side_a.attrs.get("model", side_a.path.stem)),

@@ -36,6 +36,7 @@ from repalign.compare import (
     MetricRequest,
     align_sample_ids,
     provenance_attrs,
+    run_config,
     select_layers,
 )
 from repalign.metrics import StreamingCCA, StreamingCKA, get_metric
@@ -305,19 +306,17 @@ def _provenance(
     dev: torch.device,
 ) -> dict[str, str | int | float]:
     """The score file's global attrs, as :func:`repalign.compare.compare` writes them."""
-    config = {
-        "files": [str(f) for f in files],
-        "metrics": [
-            {"name": r.name, "options": dict(r.options), "label": r.label} for r in requests
-        ],
-        "layers_a": list(layers_a),
-        "layers_b": None if layers_b is None else list(layers_b),
-        "selected_layers_a": list(side_a.axis.names),
-        "selected_layers_b": list(side_b.axis.names),
-        "streaming": True,
-        "chunk_size": chunk_size,
-        "device": str(dev),
-    }
+    config = run_config(
+        files,
+        requests,
+        side_a.axis,
+        side_b.axis,
+        layers_a,
+        layers_b,
+        streaming=True,
+        chunk_size=chunk_size,
+        device=str(dev),
+    )
     return provenance_attrs(
         files,
         str(side_a.ds.attrs.get("model", Path(side_a.path).stem)),
