@@ -12,7 +12,6 @@ Hooks are removed when the ``with`` block ends, also on an exception.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from repalign._suggest import did_you_mean
 from repalign.extract.pooling import Pooling, check_pooling, pool
 from repalign.models.base import LayerInfo
 
@@ -54,8 +54,7 @@ def select_layers(
             except re.error as exc:
                 raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
         if not any(_matches(pattern, n) for n in names):
-            close = difflib.get_close_matches(pattern.removeprefix("re:"), names, n=3, cutoff=0.4)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(pattern.removeprefix("re:"), names, cutoff=0.4)
             shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
             raise ValueError(
                 f"layer pattern {pattern!r} matches no layer.{hint} Layers: {shown} "

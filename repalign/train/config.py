@@ -9,7 +9,6 @@ It is built from defaults, then a YAML file, then command-line overrides
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+
+from repalign._suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -130,11 +131,6 @@ class FinetuneConfig:
 # --------------------------------------------------------------------------- building
 
 
-def _did_you_mean(key: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type ``tp``, or raise with the key's path."""
     origin = typing.get_origin(tp)
@@ -201,7 +197,11 @@ def _build(cls: type[T], values: Mapping[str, Any], where: str = "", base: T | N
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ValueError(f"unknown config key {path!r}.{_did_you_mean(key, names)}")
+            section = f" under {where!r}" if where else ""
+            raise ValueError(
+                f"unknown config key {path!r}.{did_you_mean(key, names)} "
+                f"Valid keys{section}: {', '.join(names)}"
+            )
         if is_dataclass(hints[key]):
             if not isinstance(value, Mapping):
                 raise ValueError(f"{path} must be a mapping, got {value!r}")

@@ -42,7 +42,7 @@ def test_layers_with_pattern(bert_dir):
     assert "text.layer.1" in out and "encoder.layer.1" in out and "text.embeddings" not in out
     out = _ok(["layers", "bert-vit", "--text-model", bert_dir, *TINY_VIT, "-p", "concat.*"])
     assert "concat.layer.1" in out and "text.layer.1" in out  # sources shown in the path column
-    assert "Did you mean text.layer.1" in _err(
+    assert "Did you mean 'text.layer.1'" in _err(
         ["layers", "hf-text", "--text-model", bert_dir, "-p", "text.layr.1"]
     )
 

@@ -61,8 +61,11 @@ def test_select_by_name_glob_regex_and_order():
 
 
 def test_select_no_match_suggests():
-    with pytest.raises(ValueError, match="Did you mean text.tower.0"):
+    with pytest.raises(ValueError, match="Did you mean 'text.tower.0'") as err:
         select_layers(LAYERS, ["text.towr.0"])
+    assert "matches no layer" in str(err.value) and "`repalign layers MODEL`" in str(err.value)
+    with pytest.raises(ValueError, match="Did you mean 'vision.tower.0' or 'vision.fusion.0'"):
+        select_layers(LAYERS, ["re:vision.tower.O"])  # regex typo: hint on the bare pattern
     with pytest.raises(ValueError, match="not a valid regex"):
         select_layers(LAYERS, ["re:("])
 

@@ -35,6 +35,12 @@ def test_file_then_overrides_and_round_trip(tmp_path):
 def test_unknown_key_suggests_the_right_one():
     with pytest.raises(ValueError, match="unknown config key 'optim.lrr'.*Did you mean 'lr'"):
         load_config(PretrainConfig, overrides=["optim.lrr=1"])
+    # every close key is offered, not only the closest
+    with pytest.raises(ValueError, match="Did you mean 'tasks' or 'task_ratios'"):
+        load_config(PretrainConfig, overrides=["task=mlm"])
+    # with nothing close, the valid keys of that section say how to fix it
+    with pytest.raises(ValueError, match="'optim.zzz'. Valid keys under 'optim': lr, "):
+        load_config(PretrainConfig, overrides=["optim.zzz=1"])
 
 
 def test_wrong_types_are_named():
