@@ -12,7 +12,9 @@ the memory map lazily in each process, so it can be handed to DataLoader
 worker processes (the map itself is never pickled). Building writes to a
 temporary folder renamed into place at the end: an interrupted build leaves
 no half cache behind, and an existing complete cache of the same source and
-size is reused instead of rebuilt.
+size is reused instead of rebuilt. Unreadable images are skipped and listed in
+``cache.json``; a build in which no image at all can be read is an error, not
+an empty cache.
 """
 
 from __future__ import annotations
@@ -89,15 +91,46 @@ def build_cache(
         )
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an image cache; pass an empty or new --out")
-    from repalign.data.captions import UnreadableImage
-
     tmp = out.with_name(f".{out.name}.building")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        kept, skipped = _write_images(dataset, tmp, size, progress)
+        if kept == 0:
+            # An empty cache could not be memory-mapped, and would be silently reused by
+            # the next build even after the images are fixed: refuse to write one.
+            raise ValueError(_nothing_readable(skipped, source))
+        header = {
+            "version": VERSION,
+            "n": kept,
+            "size": size,
+            "source": source,
+            "skipped": [list(s) for s in skipped],
+            "complete": True,
+        }
+        (tmp / HEADER).write_text(json.dumps(header, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-built cache left behind
+        raise
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    if skipped:
+        log.warning("cache %s: skipped %d unreadable sample(s)", out, len(skipped))
+    log.info("cached %d images of %dx%d at %s", kept, size, size, out)
+    return out
+
+
+def _write_images(
+    dataset: Sequence[Sample], tmp: Path, size: int, progress: bool
+) -> tuple[int, list[tuple[str, str]]]:
+    """Write ``images.u8`` and ``index.jsonl`` into ``tmp``; the kept count and the skips."""
+    from repalign.data.captions import UnreadableImage
+
     n = len(dataset)
     array = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size, 3))
-    skipped = list(getattr(dataset, "skipped", ()))
+    skipped = [tuple(s) for s in getattr(dataset, "skipped", ())]
     kept = 0
     with (tmp / INDEX).open("w") as index, _progress(progress, n) as advance:
         for i in range(n):
@@ -126,22 +159,21 @@ def build_cache(
     # Trim the file to the images actually kept (skips leave a tail).
     with (tmp / IMAGES).open("r+b") as f:
         f.truncate(kept * size * size * 3)
-    header = {
-        "version": VERSION,
-        "n": kept,
-        "size": size,
-        "source": source,
-        "skipped": [list(s) for s in skipped],
-        "complete": True,
-    }
-    (tmp / HEADER).write_text(json.dumps(header, indent=2))
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
-    if skipped:
-        log.warning("cache %s: skipped %d unreadable sample(s)", out, len(skipped))
-    log.info("cached %d images of %dx%d at %s", kept, size, size, out)
-    return out
+    return kept, skipped
+
+
+def _nothing_readable(skipped: Sequence[tuple[str, str]], source: str) -> str:
+    """The error for a build in which no image could be read."""
+    what = f"{source!r}" if source else "the dataset"
+    if not skipped:
+        return f"{what} holds no samples; there is nothing to cache"
+    shown = "; ".join(f"{sid}: {reason}" for sid, reason in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (
+        f"no image of {what} could be read: all {len(skipped)} sample(s) were skipped "
+        f"({shown}{more}); check the image files and the image folder (--images), "
+        "then build the cache again"
+    )
 
 
 class CachedImages(Sequence[Sample]):
@@ -162,6 +194,11 @@ class CachedImages(Sequence[Sample]):
         self.n: int = header["n"]
         self.source: str = header.get("source", "")
         self._skipped = [tuple(s) for s in header.get("skipped", [])]
+        if self.n == 0:  # only older versions wrote these; build_cache now refuses
+            raise ValueError(
+                f"the cache at {self.path} holds no images ({len(self._skipped)} sample(s) were "
+                "skipped as unreadable); fix the images, delete it and build it again"
+            )
         expected = self.n * self.size * self.size * 3
         actual = (self.path / IMAGES).stat().st_size
         if actual != expected:
