@@ -221,11 +221,14 @@ def _merge_opened(parts: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
 
 def merged_attrs(datasets: Sequence[xr.Dataset]) -> dict[str, Any]:
     """Global attrs of the merge: shard 0's, with the progress attrs of the whole run."""
-    skipped: list[list[str]] = []
+    skipped: list[list[str]] = []  # first-seen order, no duplicates
+    seen: set[tuple[str, ...]] = set()  # the same entries, for O(1) membership
     for ds in datasets:
-        skipped += [
-            s for s in json.loads(ds.attrs.get(schema.SKIPPED_JSON, "[]")) if s not in skipped
-        ]
+        for entry in json.loads(ds.attrs.get(schema.SKIPPED_JSON, "[]")):
+            key = tuple(entry)
+            if key not in seen:
+                seen.add(key)
+                skipped.append(entry)
     attrs = dict(datasets[0].attrs)
     attrs.update({
         schema.SHARD: "",
