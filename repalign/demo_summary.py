@@ -158,6 +158,22 @@ def ci_misses(ds: xr.Dataset) -> list[str]:
     return out
 
 
+def ci_caveat(ds: xr.Dataset, model: str) -> list[str]:
+    """The caveat lines (with a blank line after) for ``model``'s :func:`ci_misses`, if any."""
+    misses = ci_misses(ds)
+    if not misses:
+        return []
+    return [
+        f"Caveat ({model}): for "
+        + ", ".join(f"`{m}`" for m in misses)
+        + " the resampling interval misses the score itself on some pairs (k-NN "
+        "metrics and SVCCA use a subsampling interval, since duplicated samples bias "
+        "them; it assumes the usual sqrt(n) rate); read those intervals as a spread, "
+        "not a calibrated 95% interval.",
+        "",
+    ]
+
+
 def _grid_max(ds: xr.Dataset, metric: str) -> tuple[float, str, str, int]:
     grid = ds.score.sel(metric=metric).values
     i, j = np.unravel_index(np.nanargmax(grid), grid.shape)
@@ -254,23 +270,12 @@ def write_summary(s: SummaryInputs) -> Path:
         "",
         *table(main, labels),
         "",
-        *(
-            [
-                "Caveat: for "
-                + ", ".join(f"`{m}`" for m in ci_misses(main))
-                + " the resampling interval misses the score itself on some pairs (k-NN "
-                "metrics and SVCCA use a subsampling interval, since duplicated samples bias "
-                "them; it assumes the usual sqrt(n) rate); read those intervals as a spread, "
-                "not a calibrated 95% interval.",
-                "",
-            ]
-            if ci_misses(main)
-            else []
-        ),
+        *ci_caveat(main, "trained model"),
         "The untrained model, the control (what architecture and data alone give):",
         "",
         *table(ctrl, labels),
         "",
+        *ci_caveat(ctrl, "untrained model"),
         "## Baseline: separate text and vision models",
         "",
         f"{s.baseline}, run side by side on the same pairs. Under `{HEADLINE}` its "
