@@ -9,7 +9,12 @@ Rows:
 - ``vilbert eager`` / ``vilbert compiled``: one full pretraining step of
   :class:`~repalign.train.objectives.PretrainModel` (MLM, contrastive MIM, AP, ITC)
   through :meth:`repalign.train.loop.Trainer.train_step`: bf16 autocast, SDPA,
-  fused AdamW with parameter groups, gradient clipping, no host syncs.
+  fused AdamW with parameter groups, gradient clipping, no host syncs, with the
+  objective settings of ``configs/vilbert-base.yaml`` (``--config``): its
+  ``task_batch_sizes`` (scaled by ``--batch-size`` / the config's batch size) and
+  ``swap_negative_ratio``.
+- ``vilbert eager, every row``: the same step with every task on every row of the
+  batch (no ``task_batch_sizes``), for comparison.
 - ``towers alone``: timm ViT-B/16 + transformers BERT-base (the ``base`` preset's
   towers, random weights), one forward/backward and one fused AdamW step on both.
 
@@ -117,10 +122,24 @@ def measure(step, device: torch.device, batch: int, steps: int, warmup: int) -> 
     return result
 
 
-def vilbert_row(args, device: torch.device, compile: bool) -> dict[str, float]:
+def objective_settings(config_path: Path, batch: int) -> dict:
+    """The config's ``objective`` (PretrainModel keyword arguments), its task batch sizes
+    scaled from the config's batch size to ``batch``."""
+    from repalign.train.config import PretrainConfig, load_config
+
+    config = load_config(PretrainConfig, config_path)
+    objective = dict(config.objective)
+    sizes = objective.get("task_batch_sizes") or {}
+    objective["task_batch_sizes"] = {
+        t: max(1, round(n * batch / config.batch_size)) for t, n in sizes.items()
+    }
+    return objective
+
+
+def vilbert_row(args, device: torch.device, compile: bool, objective: dict) -> dict[str, float]:
     vconfig = preset(args.preset)
     torch.manual_seed(0)
-    model = PretrainModel(vconfig, tasks=TASKS)
+    model = PretrainModel(vconfig, tasks=TASKS, **objective)
     loop = LoopConfig(device=str(device), compile=compile, bf16=True, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, None, run_dir=tmp, optim=OptimConfig(), loop=loop)
@@ -184,6 +203,15 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled row")
     parser.add_argument("--towers", action="store_true", help="towers row on CPU too")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "configs" / "vilbert-base.yaml",
+        help="pretraining config whose objective settings the vilbert rows use",
+    )
+    parser.add_argument(
+        "--every-row", action="store_true", help="also on CPU: the row with every task on every row"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -208,12 +236,19 @@ def main() -> None:
         "text_len": args.text_len,
         "torch": torch.__version__,
     }
+    objective = objective_settings(args.config, args.batch_size)
+    every_row = {k: v for k, v in objective.items() if k != "task_batch_sizes"}
+    meta["objective"] = objective
     rows: dict[str, dict[str, float]] = {}
-    runs = [("vilbert eager", lambda: vilbert_row(args, device, compile=False))]
+    runs = [("vilbert eager", lambda: vilbert_row(args, device, False, objective))]
     if cuda or args.towers:
         runs.append(("towers alone", lambda: towers_row(args, device)))
+    if cuda or args.every_row:
+        runs.append(
+            ("vilbert eager, every row", lambda: vilbert_row(args, device, False, every_row))
+        )
     if cuda and not args.no_compile:  # last: compiling takes longest
-        runs.append(("vilbert compiled", lambda: vilbert_row(args, device, compile=True)))
+        runs.append(("vilbert compiled", lambda: vilbert_row(args, device, True, objective)))
     for name, run in runs:
         rows[name] = run()
         if peak:
@@ -227,23 +262,28 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     print(
-        f"\n{args.preset} preset, batch {args.batch_size}, {args.text_len} text tokens, {where}, torch {torch.__version__}"
+        f"\n{args.preset} preset, batch {args.batch_size}, {args.text_len} text tokens, {where}, "
+        f"torch {torch.__version__}, objective {objective}"
     )
-    header = f"| {'run':<18} | pairs/s | step ms | TFLOP/step | MFU | peak GiB | params M |"
+    header = f"| {'run':<24} | pairs/s | step ms | TFLOP/step | MFU | peak GiB | params M |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, r in rows.items():
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if "peak_mem_gib" in r else "-"
         print(
-            f"| {name:<18} | {r['pairs_per_s']:7.1f} | {r['step_ms']:7.1f} | {r['tflop_per_step']:10.3f} "
+            f"| {name:<24} | {r['pairs_per_s']:7.1f} | {r['step_ms']:7.1f} | {r['tflop_per_step']:10.3f} "
             f"| {mfu:>3} | {mem:>8} | {r['params_m']:8.1f} |"
         )
     if "towers alone" in rows:
-        for name in ("vilbert eager", "vilbert compiled"):
+        towers = rows["towers alone"]
+        for name in ("vilbert eager", "vilbert eager, every row", "vilbert compiled"):
             if name in rows:
-                ratio = rows[name]["pairs_per_s"] / rows["towers alone"]["pairs_per_s"]
-                print(f"{name} / towers alone: {ratio:.2f}x pairs/s")
+                r = rows[name]
+                print(
+                    f"{name} / towers alone: {r['pairs_per_s'] / towers['pairs_per_s']:.2f}x "
+                    f"pairs/s, {r['tflop_per_step'] / towers['tflop_per_step']:.2f}x FLOPs"
+                )
     if not cuda:
         print(f"{args.preset} preset on CPU: {rows['vilbert eager']['steps_per_s']:.2f} steps/s")
 

@@ -7,16 +7,25 @@ task sees the masked inputs (as in the original ViLBERT); otherwise they are cle
 - ``itc``: ALBEF's image-text contrastive loss on the mean-pooled unimodal tower
   states (learnable temperature; identical captions in a batch count as positives).
 - ``ap``: alignment prediction (image-text matching) on the fused pooled outputs of
-  2B pairs: each image with its own caption and with a negative caption. A negative
-  is the sample's swapped-attribute hard negative (synthetic scenes: a colour, shape
-  or relation changed) with probability ``swap_negative_ratio``, otherwise another
-  caption of the batch drawn by ITC similarity (never a caption identical to the
-  image's own). In eval mode every image gets its hard negative when there is one,
-  so ``ap_accuracy`` measures hard negatives.
+  B + n pairs: every image with its own caption, and n images (a random subset) with a
+  negative caption. A share ``swap_negative_ratio`` of the negatives (rounded) are
+  the samples' swapped-attribute hard negatives (synthetic scenes: a colour, shape or
+  relation changed; only those captions go through the text tower), the others are
+  captions of the batch drawn by ITC similarity (never one identical to the image's
+  own). In eval mode every image gets its hard negative when there is one, so
+  ``ap_accuracy`` measures hard negatives.
 - ``mlm`` and ``mim`` on the positive pairs only. MIM is contrastive: the fused state
   of each masked patch must pick out the clean vision-tower encoding of the same patch
   (a no-gradient forward of the unmasked image) among all masked patches of the batch
   (other positions and other images).
+
+Per-task batch sizes (``task_batch_sizes``, training only): ``{"mlm": n}`` masks the
+captions of the first n pairs of a batch (the others stay clean), ``{"mim": n}`` the
+images of the first n pairs (the clean target forward then runs on n images only),
+``{"ap": n}`` gives n images a negative caption (positives are weighted n / B so the
+two classes weigh the same). Batches are shuffled, so the first n are a random
+subset. Smaller n trade those tasks' signal per step for compute: the MIM target
+forward and the fusion layers on negatives are the largest costs beyond the towers.
 
 The forward never reads a value back to the host (no ``.item()``), so it can be
 compiled and runs without syncs.
@@ -42,6 +51,8 @@ from repalign.models.vilbert.model import ViLBERT, ViLBERTOutput
 from repalign.models.vilbert.preprocess import ImageTransform, stack_images, tokenize
 
 TASKS: tuple[str, ...] = ("mlm", "mim", "ap", "itc")
+# Tasks whose rows per batch ``task_batch_sizes`` can limit (ITC always uses the batch).
+SIZED_TASKS: tuple[str, ...] = ("mlm", "mim", "ap")
 # Words whose masked prediction needs the image: reported as mlm_attribute_accuracy.
 ATTRIBUTE_WORDS: tuple[str, ...] = (*COLOURS, *SHAPES)
 
@@ -54,6 +65,20 @@ def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
             f"tasks must be a non-empty subset of {', '.join(TASKS)}; got {list(tasks)}"
         )
     return tuple(t for t in TASKS if t in tasks)
+
+
+def check_task_batch_sizes(sizes: Mapping[str, int], tasks: Sequence[str]) -> dict[str, int]:
+    """Validate ``task_batch_sizes``: selected tasks among :data:`SIZED_TASKS`, sizes >= 1."""
+    wrong = sorted(t for t in sizes if t not in SIZED_TASKS or t not in tasks)
+    if wrong:
+        raise ValueError(
+            f"task_batch_sizes for {wrong}: give sizes only for selected tasks among "
+            f"{', '.join(SIZED_TASKS)} (ITC always uses the whole batch); selected: {list(tasks)}"
+        )
+    bad = {t: n for t, n in sizes.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
+    if bad:
+        raise ValueError(f"task_batch_sizes must be whole numbers >= 1, got {bad}")
+    return dict(sizes)
 
 
 class _Seeded:
@@ -270,6 +295,8 @@ class PretrainModel(nn.Module):
 
     ``swap_negative_ratio``: share of AP negatives (in training) that are the
     swapped-attribute hard negatives from the batch, when it has them.
+    ``task_batch_sizes``: rows per batch for ``mlm``, ``mim`` and ``ap`` in training
+    (see the module docstring); evaluation always uses every row.
     """
 
     def __init__(
@@ -279,6 +306,7 @@ class PretrainModel(nn.Module):
         tasks: Sequence[str],
         weights: Mapping[str, float] | None = None,
         swap_negative_ratio: float = 0.5,
+        task_batch_sizes: Mapping[str, int] | None = None,
         itc_dim: int = 128,
         mim_temperature: float = 0.1,
         load_weights: bool = True,
@@ -290,7 +318,10 @@ class PretrainModel(nn.Module):
         if unknown:
             raise ValueError(f"weights given for tasks that are not selected: {unknown}")
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        if not 0.0 <= swap_negative_ratio <= 1.0:
+            raise ValueError(f"swap_negative_ratio must lie in [0, 1], got {swap_negative_ratio}")
         self.swap_negative_ratio = swap_negative_ratio
+        self.task_batch_sizes = check_task_batch_sizes(task_batch_sizes or {}, self.tasks)
         self.mim_temperature = mim_temperature
         self.vilbert = ViLBERT(config, mask_token="mim" in self.tasks, load_weights=load_weights)
         h = config.hidden_size
@@ -317,18 +348,32 @@ class PretrainModel(nn.Module):
         gradient so DDP can run with ``find_unused_parameters=False``."""
         return set(self.tasks) != set(TASKS)
 
+    def _rows(self, task: str, b: int) -> int:
+        """How many of the batch's ``b`` rows ``task`` uses in this forward."""
+        if not self.training or task not in self.task_batch_sizes:
+            return b
+        return min(b, self.task_batch_sizes[task])
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tasks = set(self.tasks)
         model = self.vilbert
         mask, pixels = batch["attention_mask"], batch["pixel_values"]
         b = mask.size(0)
+        n_mlm = self._rows("mlm", b) if "mlm" in tasks else 0
+        n_mim = self._rows("mim", b) if "mim" in tasks else 0
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
-        # One pass: masked text/patches when MLM/MIM are on (ITC and AP see them too, as
-        # the original ViLBERT does), clean inputs otherwise.
-        ids = batch["mlm_input_ids"] if "mlm" in tasks else batch["input_ids"]
+        # One pass: masked text/patches in the first n_mlm/n_mim rows (ITC and AP see them
+        # too, as the original ViLBERT does), clean inputs elsewhere.
+        ids = batch["input_ids"]
+        if n_mlm:
+            ids = torch.cat([batch["mlm_input_ids"][:n_mlm], ids[n_mlm:]])
+        patch_mask = None
+        if n_mim:
+            patch_mask = batch["patch_mask"]
+            patch_mask = torch.cat([patch_mask[:n_mim], torch.zeros_like(patch_mask[n_mim:])])
         text = model.encode_text(ids, mask)  # (B, T, H)
-        vision = model.encode_image(pixels, batch["patch_mask"] if "mim" in tasks else None)
+        vision = model.encode_image(pixels, patch_mask)
         sim = None
         if "itc" in tasks:
             # (B texts, B images) on mean-pooled unimodal states: early in training
@@ -341,23 +386,26 @@ class PretrainModel(nn.Module):
                 groups = batch.get("caption_group")
             losses["itc"], metrics["itc_accuracy"] = contrastive_loss(itc_logits, groups)
         if tasks & {"ap", "mlm", "mim"}:
-            fused_text, fused_mask, fused_vision = text, mask, vision
-            if "ap" in tasks:  # rows B..2B: each image with a negative caption
-                neg_text, neg_mask, neg_ok = self._negatives(batch, text, sim)
+            fused_text, fused_mask, vision_rows = text, mask, None
+            if "ap" in tasks:  # rows B..B+n: n images, each with a negative caption
+                images = self._ap_images(b, text.device)
+                neg_text, neg_mask, neg_ok = self._negatives(batch, text, sim, images, n_mlm)
                 fused_text = torch.cat([text, neg_text])
                 fused_mask = torch.cat([mask, neg_mask])
-                fused_vision = torch.cat([vision, vision])
-            out = model.fuse(fused_text, fused_mask, fused_vision)
+                vision_rows = torch.cat([torch.arange(b, device=text.device), images])
+            out = model.fuse(fused_text, fused_mask, vision, vision_rows=vision_rows)
             if "ap" in tasks:
                 losses["ap"], ap_metrics = self._alignment(out, neg_ok)
                 metrics.update(ap_metrics)
-            if "mlm" in tasks:  # positives only: rows 0..B
-                losses["mlm"], mlm_metrics = self._mlm(batch, out.text[:b])
+            if "mlm" in tasks:  # positives only
+                losses["mlm"], mlm_metrics = self._mlm(batch, out.text[:n_mlm], n_mlm)
                 metrics.update(mlm_metrics)
             if "mim" in tasks:
-                with torch.no_grad():  # stop-gradient target: the unmasked image
-                    target = model.encode_image(pixels)
-                losses["mim"], metrics["mim_accuracy"] = self._mim(batch, out.vision[:b], target)
+                with torch.no_grad():  # stop-gradient target: the unmasked images
+                    target = model.encode_image(pixels[:n_mim])
+                losses["mim"], metrics["mim_accuracy"] = self._mim(
+                    batch["mim_index"][:n_mim], out.vision[:n_mim], target
+                )
         loss = sum(self.weights[t] * losses[t] for t in self.tasks)
         if self._touch_all:
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
@@ -366,6 +414,14 @@ class PretrainModel(nn.Module):
             result[f"{t}_loss"] = losses[t].detach()
         result.update({k: v.detach() for k, v in metrics.items()})
         return result
+
+    def _ap_images(self, b: int, device: torch.device) -> torch.Tensor:
+        """The images that get a negative caption: all in order when evaluating, a random
+        ``task_batch_sizes["ap"]`` of them (random order: which negatives are swaps is
+        then random too) in training."""
+        if not self.training:
+            return torch.arange(b, device=device)
+        return torch.randperm(b, device=device)[: self._rows("ap", b)]
 
     def _global_itc(
         self, batch: Mapping[str, torch.Tensor], text_emb: torch.Tensor, image_emb: torch.Tensor
@@ -385,45 +441,68 @@ class PretrainModel(nn.Module):
         return logits[r * b : (r + 1) * b, r * b : (r + 1) * b], logits, groups
 
     def _negatives(
-        self, batch: Mapping[str, torch.Tensor], text: torch.Tensor, sim: torch.Tensor | None
+        self,
+        batch: Mapping[str, torch.Tensor],
+        text: torch.Tensor,
+        sim: torch.Tensor | None,
+        images: torch.Tensor,
+        n_mlm: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A negative caption per image: (B, T, H) states, (B, T) mask, (B,) usable flag."""
-        b = text.size(0)
+        """A negative caption for each of ``images`` (n,): (n, T, H) states, (n, T) mask
+        and (n,) usable flag.
+
+        The first ``round(swap_negative_ratio * n)`` (all of them in eval mode) are the
+        images' swapped-attribute captions when the batch has them; only those go
+        through the text tower. The rest are other captions of the batch, drawn by ITC
+        similarity, never identical to the image's own and masked for MLM exactly when
+        the image's own caption is (else a [MASK] token would give the negative away).
+        """
+        b, n = text.size(0), images.numel()
         mask = batch["attention_mask"]
-        groups = batch.get("caption_group")
-        if groups is None:
-            groups = torch.arange(b, device=text.device)
-        # In-batch negative caption for each image: never one identical to its own.
-        valid = groups[None, :] != groups[:, None]  # (image, text)
-        scores = (
-            sim.detach().T.float() if sim is not None else torch.zeros(b, b, device=text.device)
-        )
-        scores = scores.masked_fill(~valid, float("-inf"))
-        has_valid = valid.any(1)
-        scores = torch.where(has_valid[:, None], scores, torch.zeros_like(scores))
-        neg_index = torch.multinomial(scores.softmax(1), 1).squeeze(1)  # (B,)
-        neg_text, neg_mask, neg_ok = text[neg_index], mask[neg_index], has_valid
+        masked = torch.arange(b, device=text.device) < n_mlm  # rows with MLM-masked captions
+        k = 0
         if "neg_input_ids" in batch:
-            if self.training:
-                use_swap = torch.rand(b, device=text.device) < self.swap_negative_ratio
-            else:
-                use_swap = torch.ones(b, dtype=torch.bool, device=text.device)
-            swap_ids = batch["neg_mlm_input_ids"] if "mlm" in self.tasks else batch["neg_input_ids"]
-            swap_text = self.vilbert.encode_text(swap_ids, batch["neg_attention_mask"])
-            neg_text = torch.where(use_swap[:, None, None], swap_text, neg_text)
-            neg_mask = torch.where(use_swap[:, None], batch["neg_attention_mask"], neg_mask)
-            neg_ok = neg_ok | use_swap
+            k = round(self.swap_negative_ratio * n) if self.training else n
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        if k:
+            swapped = images[:k]
+            ids = batch["neg_input_ids"][swapped]
+            if n_mlm:
+                masked_ids = batch["neg_mlm_input_ids"][swapped]
+                ids = torch.where(masked[swapped, None], masked_ids, ids)
+            swap_mask = batch["neg_attention_mask"][swapped]
+            ok = torch.ones(k, dtype=torch.bool, device=text.device)
+            parts.append((self.vilbert.encode_text(ids, swap_mask), swap_mask, ok))
+        if k < n:
+            rest = images[k:]
+            groups = batch.get("caption_group")
+            if groups is None:
+                groups = torch.arange(b, device=text.device)
+            valid = (groups[rest, None] != groups[None, :]) & (masked[rest, None] == masked)
+            scores = (
+                sim.detach().T[rest].float()
+                if sim is not None
+                else torch.zeros(rest.numel(), b, device=text.device)
+            )
+            scores = scores.masked_fill(~valid, float("-inf"))
+            has_valid = valid.any(1)
+            scores = torch.where(has_valid[:, None], scores, torch.zeros_like(scores))
+            pick = torch.multinomial(scores.softmax(1), 1).squeeze(1)
+            parts.append((text[pick], mask[pick], has_valid))
+        neg_text, neg_mask, neg_ok = (torch.cat(p) for p in zip(*parts, strict=True))
         return neg_text, neg_mask, neg_ok
 
     def _alignment(
         self, out: ViLBERTOutput, neg_ok: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """AP loss on 2B fused pairs: rows 0..B positives, B..2B negatives."""
-        b = neg_ok.size(0)
-        logits = self.heads["ap"](out.text_pooled, out.vision_pooled).float()  # (2B,)
-        ones = torch.ones(b, device=logits.device)
-        labels = torch.cat([ones, torch.zeros_like(ones)])
-        weight = torch.cat([ones, neg_ok.float()])
+        """AP loss on B + n fused pairs: rows 0..B positives, then n negatives. Each class
+        weighs the same in the loss and the accuracy (positives n / B each)."""
+        n = neg_ok.size(0)
+        logits = self.heads["ap"](out.text_pooled, out.vision_pooled).float()  # (B + n,)
+        b = logits.size(0) - n
+        pos = torch.ones(b, device=logits.device)
+        labels = torch.cat([pos, torch.zeros(n, device=logits.device)])
+        weight = torch.cat([pos * (n / b), neg_ok.float()])
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         correct = ((logits > 0).float() == labels).float()
         neg_logits = logits[b:] * neg_ok
@@ -433,11 +512,12 @@ class PretrainModel(nn.Module):
         }
 
     def _mlm(
-        self, batch: Mapping[str, torch.Tensor], text: torch.Tensor
+        self, batch: Mapping[str, torch.Tensor], text: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """MLM on the first ``n`` rows (their captions were masked): text (n, T, H)."""
         embeddings = self.vilbert.text.get_input_embeddings().weight
-        logits = self.heads["mlm"](text, embeddings).float()  # (B, T, V)
-        labels = batch["mlm_labels"]
+        logits = self.heads["mlm"](text, embeddings).float()  # (n, T, V)
+        labels = batch["mlm_labels"][:n]
         picked = labels != IGNORE_INDEX
         count = picked.sum().clamp(min=1)
         loss = (
@@ -449,16 +529,17 @@ class PretrainModel(nn.Module):
         correct = (logits.argmax(-1) == labels) & picked
         metrics = {"mlm_accuracy": correct.sum() / count}
         if "mlm_attribute" in batch:
-            attribute = batch["mlm_attribute"]
+            attribute = batch["mlm_attribute"][:n]
             metrics["mlm_attribute_accuracy"] = (correct & attribute).sum() / attribute.sum().clamp(
                 min=1
             )
         return loss, metrics
 
     def _mim(
-        self, batch: Mapping[str, torch.Tensor], fused: torch.Tensor, clean: torch.Tensor
+        self, index: torch.Tensor, fused: torch.Tensor, clean: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        index = batch["mim_index"]  # (B, k) patch positions; +1 skips the class token
+        """index (n, k) masked patch positions (+1 skips the class token); fused and
+        clean (n, 1+P, H)."""
         pred = self.heads["mim"](_gather_tokens(fused, index + 1)).flatten(0, 1)
         target = _gather_tokens(clean, index + 1).flatten(0, 1)
         return info_nce(pred.float(), target.float(), self.mim_temperature)

@@ -379,15 +379,30 @@ class ViLBERT(nn.Module):
         attention_mask: torch.Tensor,
         vision_states: torch.Tensor,
         *,
+        vision_rows: torch.Tensor | None = None,
         return_fusion_states: bool = False,
     ) -> ViLBERTOutput:
-        """Fusion layers and poolers on projected tower outputs."""
+        """Fusion layers and poolers on projected tower outputs.
+
+        ``vision_rows`` (N,) pairs text row i with image ``vision_rows[i]`` when the
+        N text rows share fewer images (alignment prediction fuses each image with its
+        caption and with a negative one). The vision stream then runs once per image
+        through the self-attention layers before the first co-attention layer (they do
+        not read the text) and is indexed out to N rows there, which saves those
+        layers' vision cost on the repeated rows. ``vision_tower`` in the output keeps
+        the unindexed states.
+        """
         text, vision = text_states, vision_states
         states = []
+        pending = vision_rows
         for layer in self.fusion:
+            if pending is not None and layer.co_attention:
+                vision, pending = vision[pending], None
             text, vision = layer(text, vision, attention_mask)
             if return_fusion_states:
-                states.append((text, vision))
+                states.append((text, vision if pending is None else vision[pending]))
+        if pending is not None:  # no co-attention layer at all
+            vision = vision[pending]
         return ViLBERTOutput(
             text=text,
             vision=vision,
