@@ -311,7 +311,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     trained, untrained, reused = train_models(cfg)
     feats, baseline_desc = extract_features(cfg, trained, untrained)
     scores = compare_all(cfg, feats)
-    paths = {name: write_scores(ds, cfg.out / f"{name}.nc") for name, ds in scores.items()}
+    paths = {
+        name: write_scores(ds, cfg.out / f"{name}.nc", overwrite=True)
+        for name, ds in scores.items()
+    }
 
     figures = [
         plot_scores(scores["scores"], cfg.out / "heatmap.png"),

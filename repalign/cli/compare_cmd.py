@@ -86,6 +86,7 @@ def compare_cmd(
         False, "--allow-incomplete", help="Accept feature files whose extraction did not finish."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Score file to write (netCDF, .nc)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     streaming: bool = typer.Option(
         False,
         "--streaming",
@@ -97,10 +98,14 @@ def compare_cmd(
 ) -> None:
     """Score layers of feature files against each other and write a score file."""
     from repalign.compare import compare
-    from repalign.store.scores import write_scores
+    from repalign.store.scores import check_scores_path, write_scores
 
     if len(files) > 2:
         raise _fail(f"compare takes one or two feature files, got {len(files)}")
+    try:  # before the (possibly long) computation, not after it
+        check_scores_path(out, overwrite=overwrite)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
     flags: dict[str, Any] = {}
     if k is not None:
         flags["k"] = k
@@ -127,7 +132,7 @@ def compare_cmd(
             )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
-    write_scores(scores, out)
+    write_scores(scores, out, overwrite=overwrite)
     Console().print(
         f"wrote {out}: {scores.sizes['metric']} metric(s) x {scores.sizes['layer_a']} x "
         f"{scores.sizes['layer_b']} layers over {scores.attrs['n_samples']} samples",

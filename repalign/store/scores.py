@@ -190,12 +190,39 @@ def _check_attrs(attrs: Mapping[str, Any]) -> None:
             )
 
 
-def write_scores(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write ``ds`` to netCDF4 at ``path`` atomically (a temporary file, then a rename).
+#: file name endings of a score file (netCDF)
+SCORE_SUFFIXES = (".nc", ".nc4", ".cdf")
 
-    An interrupted write never leaves a truncated score file behind.
+
+def check_scores_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Refuse a score-file path that cannot or must not be written; call it before computing.
+
+    An existing file is kept unless ``overwrite`` (scores can take long to compute);
+    a directory or a name without a netCDF ending (``.nc``) is refused.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a directory; give a file path such as scores.nc")
+    if path.suffix.lower() not in SCORE_SUFFIXES:
+        raise ValueError(
+            f"--out {path}: a score file is netCDF, name it with .nc (e.g. scores.nc); "
+            "figures come from `repalign plot`"
+        )
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; pass --overwrite (overwrite=True) to replace it, "
+            "or choose another --out"
+        )
+    return path
+
+
+def write_scores(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``ds`` to netCDF4 at ``path`` atomically (a temporary file, then a rename).
+
+    An existing file is replaced only with ``overwrite=True``; an interrupted
+    write never leaves a truncated score file behind.
+    """
+    path = check_scores_path(path, overwrite=overwrite)
     _check_attrs(ds.attrs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")

@@ -97,3 +97,27 @@ def test_plot_errors(tmp_path, feats):
     assert res.exit_code == 2 and "does not exist" in res.output
     res = _run("plot", feats, "--out", tmp_path / "x.png")
     assert res.exit_code == 2 and "not a repalign score file" in " ".join(res.output.split())
+
+
+def test_existing_out_is_refused_before_computing(tmp_path, feats, monkeypatch):
+    out = tmp_path / "s.nc"
+    out.write_bytes(b"an earlier run's scores")
+    import repalign.compare
+
+    def boom(*a, **k):
+        raise AssertionError("compare ran although --out would be refused")
+
+    monkeypatch.setattr(repalign.compare, "compare", boom)
+    res = _run("compare", feats, "--out", out)
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "already exists" in text and "--overwrite" in text
+    assert out.read_bytes() == b"an earlier run's scores"
+    res = _run("compare", feats, "--out", tmp_path)
+    assert res.exit_code == 2 and "directory" in res.output
+    res = _run("compare", feats, "--out", tmp_path / "cka.png")
+    assert res.exit_code == 2 and ".nc" in res.output
+    monkeypatch.undo()
+    res = _run("compare", feats, "--out", out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert open_scores(out).metric.values.tolist() == ["cka"]

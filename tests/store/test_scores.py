@@ -11,6 +11,7 @@ import xarray as xr
 from repalign.store.scores import (
     LayerAxis,
     MetricScores,
+    check_scores_path,
     merge_scores,
     metric_label,
     open_scores,
@@ -138,3 +139,23 @@ def test_open_missing_or_foreign_file(tmp_path):
     xr.Dataset({"x": ("sample", np.arange(3.0))}).to_netcdf(tmp_path / "feat.nc")
     with pytest.raises(ValueError, match="not a repalign score file"):
         open_scores(tmp_path / "feat.nc")
+
+
+def test_existing_score_file_is_kept_unless_overwrite(tmp_path):
+    path = write_scores(scores_dataset(A, B, [_metric("cka", 0)]), tmp_path / "s.nc")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_scores(scores_dataset(A, B, [_metric("cka", 5)]), path)
+    assert path.read_bytes() == before
+    write_scores(scores_dataset(A, B, [_metric("cka", 5)]), path, overwrite=True)
+    assert path.read_bytes() != before
+
+
+def test_score_path_must_be_a_netcdf_file_name(tmp_path):
+    with pytest.raises(ValueError, match=r"\.nc"):
+        check_scores_path(tmp_path / "cka.png", overwrite=False)
+    with pytest.raises(IsADirectoryError, match="directory"):
+        check_scores_path(tmp_path, overwrite=True)
+    assert (
+        check_scores_path(tmp_path / "new" / "s.nc", overwrite=False) == tmp_path / "new" / "s.nc"
+    )
