@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,8 +255,14 @@ def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) ->
 
 
 def _load_one(path: Path) -> xr.Dataset:
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        ds = ds.load()
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds = ds.load()
+    except OSError as exc:  # netCDF4 reports a foreign or damaged file as OSError
+        raise ValueError(
+            f"{path} is not a readable netCDF score file ({exc.strerror or exc}); "
+            "score files are written by `repalign compare --out NAME.nc`"
+        ) from None
     if "score" not in ds or set(ds["score"].dims) != set(SCORE_DIMS):
         raise ValueError(
             f"{path} is not a repalign score file: it needs a variable 'score' over "
@@ -287,15 +294,26 @@ def merge_scores(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
     """
     if not datasets:
         raise ValueError("nothing to merge")
+    names = [str(ds.encoding.get("source", f"dataset {i}")) for i, ds in enumerate(datasets)]
+    _check_same_data(datasets, names)
     runs: list[dict[str, Any]] = []
     for ds in datasets:
         runs.extend(json.loads(ds.attrs["runs_json"]) if "runs_json" in ds.attrs else [ds.attrs])
-    merged = xr.merge(
-        [ds.drop_attrs() if hasattr(ds, "drop_attrs") else _no_attrs(ds) for ds in datasets],
-        join="outer",
-        compat="no_conflicts",
-        combine_attrs="drop",
-    )
+    try:
+        merged = xr.merge(
+            [ds.drop_attrs() if hasattr(ds, "drop_attrs") else _no_attrs(ds) for ds in datasets],
+            join="outer",
+            compat="no_conflicts",
+            combine_attrs="drop",
+        )
+    except xr.MergeError as exc:
+        found = re.search(r"variable '([^']+)'", str(exc))
+        var = found.group(1) if found else "a variable"
+        raise xr.MergeError(
+            f"the score files {names} hold different values of {var!r} for the same metric "
+            "label and layer pair (another seed, options or feature file?); plot them "
+            "separately, or leave one of them out"
+        ) from None
     merged.attrs = dict(datasets[0].attrs)
     merged.attrs.pop("runs_json", None)
     merged.attrs["runs_json"] = json.dumps([dict(r) for r in runs], default=_jsonable)
@@ -305,6 +323,24 @@ def merge_scores(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
                 merged[var].attrs = dict(ds[var].attrs)
                 break
     return merged
+
+
+#: global attrs that must agree for runs to share one grid: the samples and the two models
+_SAME_DATA_ATTRS = ("sample_ids_sha256", "model_a", "model_b")
+
+
+def _check_same_data(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> None:
+    """Refuse runs over other samples or models: the merged file keeps one set of
+    attrs, so its ``n_samples`` and model names would be wrong for some cells."""
+    for key in _SAME_DATA_ATTRS:
+        values = {str(ds.attrs[key]) for ds in datasets if key in ds.attrs}
+        if len(values) > 1:
+            what = "different samples" if key == "sample_ids_sha256" else "different models"
+            found = {n: ds.attrs.get(key) for n, ds in zip(names, datasets, strict=True)}
+            raise ValueError(
+                f"cannot merge score files over {what} ({key}: {found}); merging is for runs "
+                "over the same feature files (more metrics or layers): plot them separately"
+            )
 
 
 def _no_attrs(ds: xr.Dataset) -> xr.Dataset:

@@ -121,3 +121,11 @@ def test_existing_out_is_refused_before_computing(tmp_path, feats, monkeypatch):
     res = _run("compare", feats, "--out", out, "--overwrite")
     assert res.exit_code == 0, res.output
     assert open_scores(out).metric.values.tolist() == ["cka"]
+
+
+def test_plot_a_file_that_is_not_netcdf(tmp_path):
+    fig = tmp_path / "fig.png"
+    fig.write_bytes(b"\x89PNG\r\n\x1a\n not netCDF")
+    res = _run("plot", fig, "--out", tmp_path / "x.png")
+    assert res.exit_code == 2, res.output
+    assert "not a readable netCDF score file" in " ".join(res.output.split())

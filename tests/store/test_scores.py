@@ -159,3 +159,24 @@ def test_score_path_must_be_a_netcdf_file_name(tmp_path):
     assert (
         check_scores_path(tmp_path / "new" / "s.nc", overwrite=False) == tmp_path / "new" / "s.nc"
     )
+
+
+def test_open_a_file_that_is_not_netcdf(tmp_path):
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\n not netCDF")
+    with pytest.raises(ValueError, match="not a readable netCDF score file.*repalign compare"):
+        open_scores(tmp_path / "fig.png")
+
+
+def test_merge_conflict_names_the_variable_and_what_to_do():
+    one = scores_dataset(A, B, [_metric("cka", 0)])
+    two = scores_dataset(A, B, [_metric("cka", 5)])
+    with pytest.raises(xr.MergeError, match="'score'.*separately") as info:
+        merge_scores([one, two])
+    assert "compat=" not in str(info.value)  # xarray's hint means nothing to a CLI user
+
+
+def test_merge_refuses_runs_over_other_samples():
+    one = scores_dataset(A, B, [_metric("cka")], _attrs(sample_ids_sha256="aa", n_samples=64))
+    two = scores_dataset(A, B, [_metric("svcca", 1)], _attrs(sample_ids_sha256="bb", n_samples=512))
+    with pytest.raises(ValueError, match="different samples"):
+        merge_scores([one, two])
