@@ -147,6 +147,17 @@ def _cached(run: Path, key: Mapping[str, Any]) -> bool:
     )
 
 
+def _train(cfg: DemoConfig, run: Path, key: Mapping[str, Any], steps: int) -> None:
+    """Pretrain into ``run`` and mark it finished with ``key``."""
+    from repalign.train.pretrain import run_pretraining
+
+    # an earlier run's key goes first: training rewrites ``run`` in place, and a run
+    # interrupted here must not pass for the earlier, finished one
+    (run / _KEY_FILE).unlink(missing_ok=True)
+    run_pretraining(_pretrain_config(cfg, run, steps))
+    _mark(run, key)
+
+
 def _mark(run: Path, key: Mapping[str, Any]) -> None:
     # written last: a run interrupted before this point is never mistaken for a finished one
     (run / _KEY_FILE).write_text(json.dumps(dict(key), indent=2))
@@ -157,8 +168,6 @@ def train_models(cfg: DemoConfig) -> tuple[Path, Path, bool]:
 
     Returns the trained run dir, the untrained run dir, and whether training was reused.
     """
-    from repalign.train.pretrain import run_pretraining
-
     runs = cfg.out / "runs"
     trained, untrained = runs / "vilbert-tiny", runs / "vilbert-tiny-untrained"
     reused = _cached(trained, cfg.train_key())
@@ -166,13 +175,11 @@ def train_models(cfg: DemoConfig) -> tuple[Path, Path, bool]:
         log.info("reusing the cached training run %s (same settings)", trained)
     else:
         log.info("pretraining the tiny ViLBERT for %d steps on %s", cfg.train_steps, cfg.tasks)
-        run_pretraining(_pretrain_config(cfg, trained, cfg.train_steps))
-        _mark(trained, cfg.train_key())
+        _train(cfg, trained, cfg.train_key(), cfg.train_steps)
     untrained_key = {**cfg.train_key(), "steps": 0}
     if not _cached(untrained, untrained_key):
         # zero steps: the same architecture at its random initialisation, evaluated and saved
-        run_pretraining(_pretrain_config(cfg, untrained, 0))
-        _mark(untrained, untrained_key)
+        _train(cfg, untrained, untrained_key, 0)
     return trained, untrained, reused
 
 

@@ -139,3 +139,27 @@ def test_baseline_without_minilm_uses_a_tiny_random_bert(tmp_path, monkeypatch):
     with open_features(out.path) as ds:
         assert ds.sizes["sample"] == 8
         assert np.isfinite(ds["text.layer.3"].values).all()
+
+
+def test_an_interrupted_retraining_is_never_reused(tmp_path, monkeypatch):
+    """A finished run's key must not vouch for a later run of other settings that was cut off."""
+    from repalign import demo
+    from repalign.train import pretrain
+
+    old = DemoConfig.quick_config(tmp_path)
+    run = tmp_path / "runs" / "vilbert-tiny"
+    (run / "last").mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    demo._mark(run, old.train_key())
+    assert demo._cached(run, old.train_key())
+
+    def interrupted(config, **kwargs):
+        (run / "last" / "model.safetensors").write_bytes(b"half-trained, other settings")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "run_pretraining", interrupted)
+    new = DemoConfig.quick_config(tmp_path)
+    new.train_steps += 5
+    with pytest.raises(KeyboardInterrupt):
+        train_models(new)
+    assert not demo._cached(run, old.train_key())
