@@ -163,3 +163,25 @@ def test_an_interrupted_retraining_is_never_reused(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_models(new)
     assert not demo._cached(run, old.train_key())
+
+
+@pytest.mark.parametrize("device", ["tpu0", "cuda"])
+def test_demo_refuses_bad_options_before_training(tmp_path, monkeypatch, device):
+    from repalign import demo
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+
+    def boom(cfg):
+        raise AssertionError("the demo started although its options are wrong")
+
+    monkeypatch.setattr(demo, "run_demo", boom)
+    res = CliRunner().invoke(app, ["demo", "--device", device, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output + repr(res.exception)
+    assert "--device" in res.output and "cpu" in res.output
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    res = CliRunner().invoke(app, ["demo", "--out", str(afile)])
+    assert res.exit_code == 2, res.output + repr(res.exception)
+    assert "is a file" in " ".join(res.output.split())
+    assert afile.read_text() == "mine"

@@ -8,19 +8,35 @@ import typer
 from rich.console import Console
 
 
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
 def demo(
     quick: bool = typer.Option(
         False, "--quick", help="The smallest setting (CI): fewer samples, steps and permutations."
     ),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for every output."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (cuda if visible)."),
 ) -> None:
     """Pretrain a tiny ViLBERT, compare its text and vision streams layer by layer, write results/."""
-    from repalign.demo import DemoConfig, run_demo
+    from repalign import demo as demo_mod
+    from repalign.train.loop import resolve_device
 
-    cfg = DemoConfig.quick_config(out) if quick else DemoConfig(out=out)
-    cfg.device = device
-    result = run_demo(cfg)
+    # checked here, before minutes of training, not as a traceback from deep inside it
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; the demo writes a folder of results: give a folder")
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError as exc:
+        raise _fail(f"--device {device} cannot be used ({exc}); use cpu, cuda or auto") from None
+    cfg = demo_mod.DemoConfig.quick_config(out) if quick else demo_mod.DemoConfig(out=out)
+    cfg.device = str(resolved)
+    result = demo_mod.run_demo(cfg)
     console = Console()
     console.print(f"demo finished in {result.seconds / 60:.1f} min; results in {result.out}/")
     console.print(f"  summary: {result.summary}")
