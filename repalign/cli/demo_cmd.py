@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-
 _err = Console(stderr=True)
 
 
