@@ -45,6 +45,8 @@ DEMO_METRICS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("svcca", {}),
     ("wasserstein_distance", {}),
 )
+#: seed of the held-out samples the comparisons rest on: neither the training nor the
+#: evaluation seed
 PROBE_SEED = 20260
 #: ViLBERT layers compared: the towers' input embeddings (depth 0), tower blocks and fusion
 #: layers of each stream; the poolers are left out (they repeat the last depth)
@@ -52,7 +54,7 @@ VILBERT_LAYERS = ["text.embeddings", "text.tower.*", "text.fusion.*"] + [
     "vision.patch_embed",
     "vision.tower.*",
     "vision.fusion.*",
-]  # held-out samples: neither the training nor the evaluation seed
+]
 
 
 @dataclass
