@@ -46,15 +46,32 @@ class DistEnv:
 
 def env() -> DistEnv:
     """The job layout from the variables ``torchrun`` sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise ValueError(f"malformed torchrun environment variable: {exc}") from None
+    world = _int_env("WORLD_SIZE", 1)
+    rank = _int_env("RANK", 0)
+    local = _int_env("LOCAL_RANK", rank)
+    if world < 1:
+        raise ValueError(
+            f"WORLD_SIZE={world}: a job needs at least 1 process; unset WORLD_SIZE "
+            "or launch with torchrun"
+        )
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    if local < 0:
+        raise ValueError(f"LOCAL_RANK={local}: must be >= 0 (torchrun sets it per node)")
     return DistEnv(rank=rank, local_rank=local, world_size=world)
+
+
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"{name}={text!r} is not an integer; torchrun sets it, so unset it "
+            "for a single-process run or launch with torchrun"
+        ) from None
 
 
 def launched_by_torchrun() -> bool:

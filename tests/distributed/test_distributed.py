@@ -41,6 +41,24 @@ def test_single_process_defaults(monkeypatch):
         distributed.env()
 
 
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"WORLD_SIZE": "two"}, r"WORLD_SIZE='two' is not an integer.*torchrun"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x"}, r"LOCAL_RANK='x' is not an integer"),
+        ({"WORLD_SIZE": "0"}, r"WORLD_SIZE=0.*at least 1"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, r"LOCAL_RANK=-1.*>= 0"),
+    ],
+)
+def test_malformed_environment_names_the_variable(monkeypatch, env, match):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=match):
+        distributed.env()
+
+
 def test_sharded_stream_splits_each_global_batch():
     stream = BatchStream(list(range(50)), 8, collate=lambda s: torch.tensor(s), seed=3)
     shards = [distributed.ShardedBatchStream(stream, r, 2) for r in range(2)]
