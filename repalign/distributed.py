@@ -10,12 +10,10 @@ branch on "am I distributed?" beyond :func:`is_distributed`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,9 +24,6 @@ if TYPE_CHECKING:
     from repalign.train.batches import BatchStream
 
 log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -152,16 +147,6 @@ def barrier() -> None:
     """Wait for every rank (no-op in a single-process run)."""
     if is_distributed():
         dist.barrier()
-
-
-def rank_zero_only(fn: Callable[P, R]) -> Callable[P, R | None]:
-    """Decorator: run ``fn`` on rank 0 only; other ranks get ``None``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
-        return fn(*args, **kwargs) if is_main_process() else None
-
-    return wrapper
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
