@@ -69,10 +69,10 @@ def compare_cmd(
         False, "--unbiased", help="Unbiased HSIC estimator for the metrics that take it."
     ),
     permutations: int = typer.Option(
-        0, "--permutations", help="Permutation null per layer pair (adds pvalue, null_mean)."
+        0, "--permutations", min=0, help="Permutation null per layer pair (adds pvalue, null_mean)."
     ),
     bootstrap: int = typer.Option(
-        0, "--bootstrap", help="Bootstrap resamples per layer pair (adds ci_low, ci_high)."
+        0, "--bootstrap", min=0, help="Bootstrap resamples per layer pair (adds ci_low, ci_high)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of permutations and resamples."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),

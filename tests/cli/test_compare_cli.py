@@ -129,3 +129,16 @@ def test_plot_a_file_that_is_not_netcdf(tmp_path):
     res = _run("plot", fig, "--out", tmp_path / "x.png")
     assert res.exit_code == 2, res.output
     assert "not a readable netCDF score file" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("streaming", [[], ["--streaming"]])
+def test_negative_resample_counts_are_refused(tmp_path, feats, streaming):
+    for opt in ("--permutations", "--bootstrap"):
+        out = tmp_path / "s.nc"
+        res = _run("compare", feats, opt, "-1", *streaming, "--out", out)
+        assert res.exit_code == 2, res.output
+        assert opt in res.output and not out.exists()
+    # -1 + 1 resamples is not "no statistics"
+    res = _run("compare", feats, "--permutations", "-1", "--bootstrap", "1", *streaming,
+               "--out", tmp_path / "s.nc")  # fmt: skip
+    assert res.exit_code == 2, res.output
