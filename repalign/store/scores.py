@@ -90,8 +90,15 @@ def from_one_file(ds: xr.Dataset) -> bool:
     """Whether both layer axes of ``ds`` come from one feature file.
 
     Then a name on both axes is one layer (a pair of it with itself is trivial);
-    with two files, equal names are two models' counterparts.
+    with two files, equal names are two models' counterparts. The inputs given to
+    ``compare`` (``files`` in ``config_json``) decide: one glob of shard files is
+    one input although ``feature_files`` lists every shard.
     """
+    config = ds.attrs.get("config_json")
+    if isinstance(config, str) and config:
+        inputs = json.loads(config).get("files")
+        if isinstance(inputs, list) and inputs:
+            return len(inputs) == 1
     files = ds.attrs.get("feature_files")
     if isinstance(files, str) and files:
         return len(json.loads(files)) == 1

@@ -180,3 +180,20 @@ def test_merge_refuses_runs_over_other_samples():
     two = scores_dataset(A, B, [_metric("svcca", 1)], _attrs(sample_ids_sha256="bb", n_samples=512))
     with pytest.raises(ValueError, match="different samples"):
         merge_scores([one, two])
+
+
+def test_one_sharded_input_is_one_file():
+    """``compare 'f.shard*of2.nc'`` lists both shards in feature_files but is one input:
+    its layers must not be paired with themselves by plots and summaries."""
+    from repalign.store.scores import from_one_file
+
+    same = LayerAxis(("t.0", "t.1"), ("text",) * 2, (0.5, 1.0))
+    metric = MetricScores("cka", "cka", {}, (0.0, 1.0), True, np.eye(2))
+
+    def ds(inputs, files):
+        attrs = _attrs(config_json=json.dumps({"files": inputs}), feature_files=json.dumps(files))
+        return scores_dataset(same, same, [metric], attrs)
+
+    assert from_one_file(ds(["f.shard*of2.nc"], ["f.shard0of2.nc", "f.shard1of2.nc"]))
+    assert not from_one_file(ds(["a.nc", "b.nc"], ["a.nc", "b.nc"]))
+    assert not from_one_file(ds(["a*.nc", "b*.nc"], ["a0.nc", "a1.nc", "b0.nc", "b1.nc"]))
