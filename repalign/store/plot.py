@@ -31,6 +31,12 @@ from repalign.store.scores import from_one_file, layer_axis  # noqa: E402
 #: cells per side up to which each heatmap cell is annotated with its value
 ANNOTATE_MAX = 14
 SIGNIFICANCE = 0.05
+#: profile panels: default width, the widest a panel grows to fit layer-name ticks (inches)
+PANEL_WIDTH, MAX_PANEL_WIDTH = 5.2, 14.0
+#: layer-name ticks of a profile: font size (points) and rotation (degrees)
+TICK_FONTSIZE, TICK_ROTATION = 7, 60
+#: x range of a profile in relative depth
+XLIM = (-0.03, 1.03)
 
 
 def _metrics(ds: xr.Dataset, metrics: Sequence[str] | None) -> list[str]:
@@ -135,6 +141,23 @@ def _pick(m: xr.Dataset, var: str, cells: tuple[np.ndarray, np.ndarray]) -> np.n
     return m[var].values[cells] if var in m else None
 
 
+def _named_ticks_width(depths: Sequence[float]) -> float | None:
+    """Panel width (inches) at which layer names ticked at ``depths`` do not collide,
+    or ``None`` when even :data:`MAX_PANEL_WIDTH` is too narrow (layers at near-equal depths).
+
+    Rotated labels collide when neighbours are closer, across the text, than a line:
+    ``gap * sin(rotation) < font size``.
+    """
+    xs = sorted(depths)
+    gap = min((b - a for a, b in zip(xs, xs[1:], strict=False)), default=1.0)
+    if gap <= 0:
+        return None
+    line = 1.15 * TICK_FONTSIZE / 72  # inches
+    axis = line * (XLIM[1] - XLIM[0]) / (gap * math.sin(math.radians(TICK_ROTATION)))
+    width = max(PANEL_WIDTH, axis + 1.4)  # + y label, tick values and margins
+    return width if width <= MAX_PANEL_WIDTH else None
+
+
 def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     """One panel per metric: score of depth-matched layer pairs against relative depth.
 
@@ -153,8 +176,17 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for i, j in pairs:
         groups.setdefault((axis_a.streams[i], axis_b.streams[j]), []).append((i, j))
+    # one line: tick it at its layers, so the profile reads without the score file,
+    # when the names fit side by side (the panel widens for them up to a limit)
+    tick_cells = None
+    width = PANEL_WIDTH
+    if len(groups) == 1:
+        cells = sorted(next(iter(groups.values())), key=lambda c: axis_a.depths[c[0]])
+        fits = _named_ticks_width([axis_a.depths[i] for i, _ in cells])
+        if fits is not None:
+            tick_cells, width = cells, fits
     rows, cols = _grid(len(names))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.0 * rows), squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     colors = plt.get_cmap("tab10")
@@ -189,17 +221,16 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
         if math.isfinite(float(m.bound_high)):
             pad = 0.03 * (vmax - vmin)
             ax.set_ylim(vmin - pad, vmax + pad)
-        ax.set_xlim(-0.03, 1.03)
+        ax.set_xlim(*XLIM)
         xlabel = "relative depth of layer A"
-        if len(groups) == 1:
-            # one line: tick it at its layers, so the profile reads without the score file
-            cells = sorted(next(iter(groups.values())), key=lambda c: axis_a.depths[c[0]])
+        if tick_cells is not None:
             ax.set_xticks(
-                [axis_a.depths[i] for i, _ in cells],
-                [axis_a.names[i] for i, _ in cells],
-                rotation=30,
+                [axis_a.depths[i] for i, _ in tick_cells],
+                [axis_a.names[i] for i, _ in tick_cells],
+                rotation=TICK_ROTATION,
                 ha="right",
-                fontsize=7,
+                rotation_mode="anchor",
+                fontsize=TICK_FONTSIZE,
             )
             xlabel = "layer A at its relative depth (paired with the nearest-depth layer of B)"
         ax.set_xlabel(xlabel, fontsize=8)

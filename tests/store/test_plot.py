@@ -90,3 +90,37 @@ def test_errors(tmp_path):
         plot_scores(_ds(), tmp_path / "x.png", kind="scatter")
     with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
         plot_scores(_ds(), tmp_path / "x.jpg")
+
+
+def test_profile_layer_names_do_not_overlap_with_many_layers():
+    """Rotated tick labels collide when neighbours are closer (across the text) than a line."""
+    import math
+
+    n = 30
+    a = LayerAxis(
+        tuple(f"text.encoder.layer.{i}.output" for i in range(n)),
+        ("text",) * n,
+        tuple(np.linspace(0, 1, n)),
+    )
+    b = LayerAxis(tuple(f"v.{i}" for i in range(n)), ("vision",) * n, tuple(np.linspace(0, 1, n)))
+    score = np.random.default_rng(0).uniform(size=(n, n))
+    ds = scores_dataset(a, b, [MetricScores("cka", "cka", {}, (0.0, 1.0), True, score)])
+    fig = profile(ds)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    assert len(labels) == n
+    to_points = 72 / fig.dpi
+    xs = sorted(ax.transData.transform((t, 0))[0] * to_points for t in ax.get_xticks())
+    gap = min(x1 - x0 for x0, x1 in zip(xs, xs[1:], strict=False))
+    angle = math.radians(labels[0].get_rotation())
+    assert gap * math.sin(angle) >= labels[0].get_fontsize(), (gap, labels[0].get_rotation())
+
+
+def test_profile_falls_back_to_depth_ticks_when_names_cannot_fit():
+    a = LayerAxis(("t.x", "t.y", "t.z"), ("text",) * 3, (0.5, 0.5, 1.0))  # two at one depth
+    b = LayerAxis(("v.0", "v.1"), ("vision",) * 2, (0.5, 1.0))
+    ds = scores_dataset(a, b, [MetricScores("cka", "cka", {}, (0.0, 1.0), True, np.eye(3, 2))])
+    ax = profile(ds).axes[0]
+    assert ax.get_xlabel() == "relative depth of layer A"
+    assert not any(t.get_text().startswith("t.") for t in ax.get_xticklabels())
