@@ -1,6 +1,8 @@
 """Figures from a score Dataset: layer-by-layer heatmaps and depth profiles.
 
-Both use matplotlib's Agg backend (no display needed) and return the Figure;
+Both build a plain :class:`matplotlib.figure.Figure` without pyplot: no display
+is needed, the user's backend (a notebook's inline one) is left alone, and no
+figure piles up in pyplot's registry. A notebook shows the returned Figure;
 :func:`save` writes it (format from the suffix: ``.png``, ``.svg``, ``.pdf``).
 
 Colour scales are fixed by the metric's declared bounds (``bound_low`` /
@@ -18,15 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from repalign.store.scores import from_one_file, layer_axis  # noqa: E402
+from repalign.store.scores import from_one_file, layer_axis
 
 #: cells per side up to which each heatmap cell is annotated with its value
 ANNOTATE_MAX = 14
@@ -90,7 +89,8 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     cell = 0.42 if max(na, nb) <= ANNOTATE_MAX else 0.22
     w = max(4.8, 2.4 + cell * nb)
     h = max(4.0, 2.0 + cell * na)
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    fig = Figure(figsize=(w * cols, h * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     hatched = False
@@ -114,7 +114,7 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
             hatched = hatched or bool(not_significant.any())
             for i, j in zip(*np.nonzero(not_significant), strict=True):
                 ax.add_patch(
-                    plt.Rectangle(
+                    Rectangle(
                         (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", lw=0
                     )
                 )
@@ -186,10 +186,11 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
         if fits is not None:
             tick_cells, width = cells, fits
     rows, cols = _grid(len(names))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.0 * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, 4.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    colors = plt.get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     for ax, name in zip(axes.flat, names, strict=False):
         m = ds.sel(metric=name)
         for g, ((sa, sb), cells) in enumerate(groups.items()):
@@ -243,15 +244,13 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
 
 
 def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix) and close it."""
+    """Write ``fig`` to ``path`` (format from the suffix)."""
     path = Path(path)
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in ("png", "svg", "pdf"):
-        plt.close(fig)
         raise ValueError(f"cannot write {path}: use a .png, .svg or .pdf file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -124,3 +124,21 @@ def test_profile_falls_back_to_depth_ticks_when_names_cannot_fit():
     ax = profile(ds).axes[0]
     assert ax.get_xlabel() == "relative depth of layer A"
     assert not any(t.get_text().startswith("t.") for t in ax.get_xticklabels())
+
+
+def test_importing_and_plotting_leave_the_users_backend_and_pyplot_alone():
+    """A notebook's backend must survive ``import repalign.store.plot`` and a heatmap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+        "import repalign.store.plot as p\n"
+        "from tests.store.test_plot import _ds\n"
+        "fig = p.heatmap(_ds()); p.profile(_ds())\n"
+        "print(matplotlib.get_backend(), len(plt.get_fignums()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["svg", "0"], out.stdout + out.stderr
