@@ -7,6 +7,7 @@ This module only parses options and calls :func:`repalign.compare.compare`,
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,9 @@ def plot_cmd(
     from repalign.store.plot import plot_scores
     from repalign.store.scores import open_scores
 
-    out = out or scores[0].with_name(f"{scores[0].stem}-{kind}.png")
+    if out is None:  # SCORES-KIND.png; a quoted glob (run*.nc) loses its wildcards
+        stem = re.sub(r"[*?\[\]]", "", scores[0].stem).strip("-_.") or "scores"
+        out = scores[0].with_name(f"{stem}-{kind}.png")
     try:
         ds = open_scores(scores)
         plot_scores(ds, out, kind=kind, metrics=metric or None)

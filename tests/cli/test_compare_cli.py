@@ -142,3 +142,13 @@ def test_negative_resample_counts_are_refused(tmp_path, feats, streaming):
     res = _run("compare", feats, "--permutations", "-1", "--bootstrap", "1", *streaming,
                "--out", tmp_path / "s.nc")  # fmt: skip
     assert res.exit_code == 2, res.output
+
+
+def test_plot_default_name_from_a_glob_has_no_wildcards(tmp_path, feats):
+    for k in range(2):
+        res = _run("compare", feats, "-m", ["cka", "svcca"][k], "--out", tmp_path / f"run{k}.nc")
+        assert res.exit_code == 0, res.output
+    res = _run("plot", str(tmp_path / "run*.nc"))
+    assert res.exit_code == 0, res.output
+    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert written == ["run-heatmap.png"], written
