@@ -75,6 +75,15 @@ class DemoConfig:
     quick: bool = False
     metrics: tuple[tuple[str, dict[str, Any]], ...] = field(default=DEMO_METRICS)
 
+    def __post_init__(self) -> None:
+        from repalign.train.data import EVAL_SEED_OFFSET
+
+        if PROBE_SEED in (self.seed, self.seed + EVAL_SEED_OFFSET):
+            raise ValueError(
+                f"seed={self.seed} would train or evaluate on the held-out probe samples "
+                f"(seed {PROBE_SEED}); pick another seed"
+            )
+
     @classmethod
     def quick_config(cls, out: Path | str = Path("results")) -> DemoConfig:
         """The smallest setting that still shows the effect: CI runs it in under 2 minutes."""

@@ -185,3 +185,12 @@ def test_demo_refuses_bad_options_before_training(tmp_path, monkeypatch, device)
     assert res.exit_code == 2, res.output + repr(res.exception)
     assert "is a file" in " ".join(res.output.split())
     assert afile.read_text() == "mine"
+
+
+def test_training_seed_may_not_draw_the_held_out_probe_samples(tmp_path):
+    from repalign.demo import PROBE_SEED
+    from repalign.train.data import EVAL_SEED_OFFSET
+
+    for seed in (PROBE_SEED, PROBE_SEED - EVAL_SEED_OFFSET):
+        with pytest.raises(ValueError, match="held-out"):
+            DemoConfig(out=tmp_path, seed=seed)
