@@ -150,12 +150,12 @@ _KEY_FILE = "demo_key.json"
 def _cached(run: Path, key: Mapping[str, Any]) -> bool:
     """Whether ``run`` is a finished run made with the settings ``key``."""
     key_file = run / _KEY_FILE
-    return (
-        key_file.is_file()
-        and json.loads(key_file.read_text()) == dict(key)
-        and (run / "last").is_dir()
-        and (run / "eval.json").is_file()
-    )
+    if not (key_file.is_file() and (run / "last").is_dir() and (run / "eval.json").is_file()):
+        return False
+    try:
+        return json.loads(key_file.read_text()) == dict(key)
+    except ValueError:  # a damaged key: train again
+        return False
 
 
 def _train(cfg: DemoConfig, run: Path, key: Mapping[str, Any], steps: int) -> None:
@@ -170,8 +170,11 @@ def _train(cfg: DemoConfig, run: Path, key: Mapping[str, Any], steps: int) -> No
 
 
 def _mark(run: Path, key: Mapping[str, Any]) -> None:
-    # written last: a run interrupted before this point is never mistaken for a finished one
-    (run / _KEY_FILE).write_text(json.dumps(dict(key), indent=2))
+    # written last (and atomically): a run interrupted before this point is never
+    # mistaken for a finished one
+    tmp = run / f".{_KEY_FILE}.partial"
+    tmp.write_text(json.dumps(dict(key), indent=2))
+    tmp.replace(run / _KEY_FILE)
 
 
 def train_models(cfg: DemoConfig) -> tuple[Path, Path, bool]:

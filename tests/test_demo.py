@@ -194,3 +194,13 @@ def test_training_seed_may_not_draw_the_held_out_probe_samples(tmp_path):
     for seed in (PROBE_SEED, PROBE_SEED - EVAL_SEED_OFFSET):
         with pytest.raises(ValueError, match="held-out"):
             DemoConfig(out=tmp_path, seed=seed)
+
+
+def test_a_damaged_cache_key_means_retrain_not_a_traceback(tmp_path):
+    from repalign import demo
+
+    run = tmp_path / "run"
+    (run / "last").mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    (run / demo._KEY_FILE).write_text('{"steps": 3')  # cut off mid-write
+    assert not demo._cached(run, {"steps": 3})
