@@ -107,9 +107,33 @@ def test_cached_training_run_is_reused(demo_dir):
     trained, _, reused = train_models(DemoConfig.quick_config(demo_dir))
     assert reused and (trained / "last").is_dir()
     assert time.perf_counter() - t0 < 5
-    changed = DemoConfig.quick_config(demo_dir)
-    changed.train_steps += 1
-    assert changed.train_key() != DemoConfig.quick_config(demo_dir).train_key()
+
+
+def test_changed_settings_retrain_only_what_they_change(tmp_path, monkeypatch):
+    from repalign import demo
+    from repalign.train import pretrain
+
+    cfg = DemoConfig.quick_config(tmp_path)
+    runs = tmp_path / "runs"
+    for name, key in (
+        ("vilbert-tiny", cfg.train_key()),
+        ("vilbert-tiny-untrained", {**cfg.train_key(), "steps": 0}),
+    ):
+        (runs / name / "last").mkdir(parents=True)
+        (runs / name / "eval.json").write_text("{}")
+        demo._mark(runs / name, key)
+    trained_runs = []
+    monkeypatch.setattr(
+        pretrain, "run_pretraining", lambda config, **kw: trained_runs.append(config.out)
+    )
+    assert train_models(cfg)[2] and trained_runs == []
+    changed = DemoConfig.quick_config(tmp_path)
+    changed.train_steps += 1  # the untrained control does not depend on the step count
+    _, _, reused = train_models(changed)
+    assert not reused and trained_runs == [str(runs / "vilbert-tiny")]
+    changed.lr *= 2  # ... but on everything else in the key
+    train_models(changed)
+    assert trained_runs[1:] == [str(runs / "vilbert-tiny"), str(runs / "vilbert-tiny-untrained")]
 
 
 def test_baseline_without_minilm_uses_a_tiny_random_bert(tmp_path, monkeypatch):
