@@ -25,6 +25,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from repalign._suggest import did_you_mean
 from repalign.store.scores import from_one_file, layer_axis
 
 #: cells per side up to which each heatmap cell is annotated with its value
@@ -44,7 +45,10 @@ def _metrics(ds: xr.Dataset, metrics: Sequence[str] | None) -> list[str]:
         return available
     missing = [m for m in metrics if m not in available]
     if missing:
-        raise ValueError(f"metric(s) {missing} are not in this score file; it has: {available}")
+        hint = did_you_mean(missing[0], available)
+        raise ValueError(
+            f"metric(s) {missing} are not in this score file.{hint} It has: {available}"
+        )
     return list(metrics)
 
 
@@ -264,5 +268,7 @@ def plot_scores(
     """Draw ``kind`` (``heatmap`` or ``profile``) for ``metrics`` (all if empty) to ``out``."""
     makers = {"heatmap": heatmap, "profile": profile}
     if kind not in makers:
-        raise ValueError(f"unknown plot kind {kind!r}; use one of {sorted(makers)}")
+        raise ValueError(
+            f"unknown plot kind {kind!r}.{did_you_mean(kind, makers)} Use one of {sorted(makers)}"
+        )
     return save(makers[kind](ds, metrics), out)

@@ -142,3 +142,10 @@ def test_importing_and_plotting_leave_the_users_backend_and_pyplot_alone():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split() == ["svg", "0"], out.stdout + out.stderr
+
+
+def test_misspelt_names_get_a_hint(tmp_path):
+    with pytest.raises(ValueError, match=r"Did you mean 'wasserstein_distance'\?"):
+        plot_scores(_ds(), tmp_path / "x.png", metrics=["wasserstein"])
+    with pytest.raises(ValueError, match=r"Did you mean 'heatmap'\?"):
+        plot_scores(_ds(), tmp_path / "x.png", kind="heatmpa")
