@@ -183,9 +183,9 @@ def broadcast_flag(flag: bool) -> bool:
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ranks (a detached copy; for logging losses, not for gradients)."""
-    if not is_distributed():
-        return x.detach()
     out = x.detach().clone()
+    if not is_distributed():
+        return out
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
 

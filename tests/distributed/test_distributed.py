@@ -31,6 +31,10 @@ def test_single_process_defaults(monkeypatch):
     assert not distributed.launched_by_torchrun() and distributed.is_main_process()
     x = torch.randn(3, 2, requires_grad=True)
     assert distributed.all_gather_with_grad(x) is x
+    before = x.detach().clone()
+    mean = distributed.all_reduce_mean(x)
+    mean += 1  # "a detached copy": never the caller's tensor
+    assert not mean.requires_grad and torch.equal(x.detach(), before)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert distributed.get_rank() == 1 and not distributed.is_main_process()
