@@ -1,7 +1,8 @@
 """``repalign compare`` and ``repalign plot``: feature files -> scores.nc -> figures.
 
-This module only parses options and calls :func:`repalign.compare.compare`,
-:func:`repalign.store.scores.write_scores` and :func:`repalign.store.plot.plot_scores`.
+This module only parses options and calls the library: :func:`repalign.compare.compare`
+(or :func:`repalign.streaming_compare.streaming_compare`), :mod:`repalign.store.scores`
+(check the output, write, open) and :func:`repalign.store.plot.plot_scores`.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ Layout (names from :mod:`repalign.store.schema`)::
                layer_b, stream_b, depth_b                        along layer_b
     data vars  score, and optionally pvalue, null_mean, null_std, ci_low, ci_high
                (NaN where a statistic was not computed for that metric)
-    attrs      provenance: repalign_version, created, seed, n_samples,
+    attrs      provenance: title, repalign_version, created, seed, n_samples,
                sample_ids_sha256, feature_files (JSON), feature_files_sha256 (JSON),
-               config_json, versions_json
+               model_a, model_b, config_json, versions_json; a merge of several
+               runs adds runs_json (every run's attrs)
 
 Only strings and numbers are stored (no pickles), so any netCDF reader opens
 the file; ``open_scores(path).sel(metric="cka").score.plot()`` works in a notebook.
