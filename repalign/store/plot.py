@@ -248,13 +248,19 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
 
 
 def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix)."""
+    """Write ``fig`` to ``path`` (format from the suffix) through a temporary file,
+    so an interrupted save never leaves a truncated figure in place of the old one."""
     path = Path(path)
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in ("png", "svg", "pdf"):
         raise ValueError(f"cannot write {path}: use a .png, .svg or .pdf file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        fig.savefig(tmp, format=suffix, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -149,3 +149,21 @@ def test_misspelt_names_get_a_hint(tmp_path):
         plot_scores(_ds(), tmp_path / "x.png", metrics=["wasserstein"])
     with pytest.raises(ValueError, match=r"Did you mean 'heatmap'\?"):
         plot_scores(_ds(), tmp_path / "x.png", kind="heatmpa")
+
+
+def test_interrupted_save_keeps_the_old_figure_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    out = plot_scores(_ds(), tmp_path / "heat.png")
+    before = out.read_bytes()
+
+    def cut_off(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        plot_scores(_ds(), out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.png"]
