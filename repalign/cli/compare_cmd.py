@@ -104,20 +104,24 @@ def compare_cmd(
 
     if len(files) > 2:
         raise _fail(f"compare takes one or two feature files, got {len(files)}")
-    try:  # before the (possibly long) computation, not after it
-        check_scores_path(out, overwrite=overwrite)
-    except (ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
     flags: dict[str, Any] = {}
     if k is not None:
         flags["k"] = k
     if unbiased:
         flags["unbiased"] = True
-    try:
+    try:  # the options, then the output: both before the (possibly long) computation
         requests = metric_requests(metric, flags)
+        if streaming and (permutations or bootstrap):
+            raise ValueError(
+                "--streaming computes scores only; drop --permutations/--bootstrap or --streaming"
+            )
+        check_scores_path(out, overwrite=overwrite)
+    except (ValueError, TypeError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    try:
         if streaming:
-            scores = _streaming(files, requests, layers_a, layers_b, permutations + bootstrap,
-                                chunk_size=chunk_size, device=device, align_on_ids=align_on_ids,
+            scores = _streaming(files, requests, layers_a, layers_b, chunk_size=chunk_size,
+                                device=device, align_on_ids=align_on_ids,
                                 allow_incomplete=allow_incomplete)  # fmt: skip
         else:
             scores = compare(
@@ -147,16 +151,11 @@ def _streaming(
     requests: list[Any],
     layers_a: list[str],
     layers_b: list[str] | None,
-    n_stats: int,
     **options: Any,
 ) -> Any:
     """``compare --streaming``: :func:`repalign.streaming_compare.streaming_compare`."""
     from repalign.streaming_compare import streaming_compare
 
-    if n_stats:
-        raise ValueError(
-            "--streaming computes scores only; drop --permutations/--bootstrap or --streaming"
-        )
     return streaming_compare(
         files, requests, layers_a=layers_a, layers_b=layers_b or None, **options
     )
