@@ -215,12 +215,12 @@ class ShardedBatchStream(Dataset):
     """
 
     def __init__(self, stream: BatchStream, rank: int, world_size: int) -> None:
+        shard_range(stream.batch_size, rank, world_size)  # validates rank / world_size
         if stream.batch_size % world_size:
             raise ValueError(
                 f"batch_size {stream.batch_size} is the global batch and must divide evenly "
                 f"over the {world_size} processes; use a multiple of {world_size}"
             )
-        shard_range(stream.batch_size, rank, world_size)  # validates rank / world_size
         self.stream, self.rank, self.world_size = stream, rank, world_size
         self.seed = stream.seed
         self.batch_size = stream.batch_size // world_size

@@ -70,6 +70,9 @@ def test_sharded_stream_splits_each_global_batch():
         assert sorted(torch.cat(parts).tolist()) == sorted(stream[k].tolist())
     with pytest.raises(ValueError, match="multiple of 3"):
         distributed.ShardedBatchStream(stream, 0, 3)
+    for rank, world in ((0, 0), (2, 2), (-1, 2)):
+        with pytest.raises(ValueError, match="rank < world_size"):
+            distributed.ShardedBatchStream(stream, rank, world)
 
 
 def _free_port() -> int:
