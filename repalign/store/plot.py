@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from repalign._suggest import did_you_mean
+from repalign.store.schema import METRIC_DIM
 from repalign.store.scores import from_one_file, layer_axis
 
 #: cells per side up to which each heatmap cell is annotated with its value
@@ -37,6 +38,11 @@ PANEL_WIDTH, MAX_PANEL_WIDTH = 5.2, 14.0
 TICK_FONTSIZE, TICK_ROTATION = 7, 60
 #: x range of a profile in relative depth
 XLIM = (-0.03, 1.03)
+
+
+def _with_metric_dim(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with a ``metric`` dimension, also after ``ds.sel(metric="cka")`` dropped it."""
+    return ds if METRIC_DIM in ds.dims else ds.expand_dims(METRIC_DIM)
 
 
 def _metrics(ds: xr.Dataset, metrics: Sequence[str] | None) -> list[str]:
@@ -87,6 +93,7 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     Cells are annotated with their value when the grid is small; with a
     permutation p-value present, cells not significant at 0.05 are hatched.
     """
+    ds = _with_metric_dim(ds)
     names = _metrics(ds, metrics)
     rows, cols = _grid(len(names))
     na, nb = ds.sizes["layer_a"], ds.sizes["layer_b"]
@@ -172,6 +179,7 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     """
     from repalign.compare import matched_pairs
 
+    ds = _with_metric_dim(ds)
     names = _metrics(ds, metrics)
     axis_a, axis_b = layer_axis(ds, "a"), layer_axis(ds, "b")
     pairs = matched_pairs(axis_a, axis_b, same=from_one_file(ds))

@@ -167,3 +167,10 @@ def test_interrupted_save_keeps_the_old_figure_and_leaves_no_partial_file(tmp_pa
         plot_scores(_ds(), out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.png"]
+
+
+def test_one_metric_selected_in_a_notebook_plots():
+    """``heatmap(ds.sel(metric="cka"))`` drops the metric dimension; it is one panel."""
+    one = _ds().sel(metric="cka")
+    assert [ax.get_title().split("\n")[0] for ax in heatmap(one).axes if ax.get_title()] == ["cka"]
+    assert profile(one).axes[0].get_title().startswith("cka:")
