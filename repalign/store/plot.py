@@ -91,7 +91,8 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     """One panel per metric: score of every ``layer_a`` (rows) against ``layer_b`` (columns).
 
     Cells are annotated with their value when the grid is small; with a
-    permutation p-value present, cells not significant at 0.05 are hatched.
+    permutation p-value present, cells not significant at 0.05 are hatched, and a
+    note says how many cells were tested.
     """
     ds = _with_metric_dim(ds)
     names = _metrics(ds, metrics)
@@ -104,7 +105,7 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    hatched = False
+    hatched, tested, cells = False, 0, 0
     for ax, name in zip(axes.flat, names, strict=False):
         m = ds.sel(metric=name)
         vmin, vmax, cmap, similar = _color_range(m)
@@ -123,12 +124,20 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
             p = m.pvalue.values
             not_significant = np.isfinite(p) & (p >= SIGNIFICANCE)
             hatched = hatched or bool(not_significant.any())
+            has_p = np.isfinite(p)
+            tested, cells = tested + int(has_p.sum()), cells + p.size
             for i, j in zip(*np.nonzero(not_significant), strict=True):
                 ax.add_patch(
                     Rectangle(
                         (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", lw=0
                     )
                 )
+            if has_p.any() and not has_p.all():  # outline the tested cells
+                for i, j in zip(*np.nonzero(has_p), strict=True):
+                    ax.add_patch(
+                        Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False,
+                                  edgecolor="black", lw=1.0)
+                    )  # fmt: skip
         if max(na, nb) <= ANNOTATE_MAX:
             mid = (vmin + vmax) / 2
             for i in range(na):
@@ -141,8 +150,11 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
                         j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if dark else "black",
                     )  # fmt: skip
-    if hatched:
-        fig.text(0.01, 0.005, f"hatched: permutation p >= {SIGNIFICANCE}", fontsize=8, color="0.3")
+    if tested:
+        note = f"hatched: permutation p >= {SIGNIFICANCE}"
+        if tested < cells:  # an unhatched cell without a p-value is untested, not significant
+            note += f"; outlined: the {tested} of {cells} cells tested (the others have no p-value)"
+        fig.text(0.01, 0.005, note, fontsize=8, color="0.3")
     fig.tight_layout()
     return fig
 

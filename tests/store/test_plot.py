@@ -174,3 +174,20 @@ def test_one_metric_selected_in_a_notebook_plots():
     one = _ds().sel(metric="cka")
     assert [ax.get_title().split("\n")[0] for ax in heatmap(one).axes if ax.get_title()] == ["cka"]
     assert profile(one).axes[0].get_title().startswith("cka:")
+
+
+def test_heatmap_says_which_cells_were_tested():
+    """With p-values on some cells only (stats_pairs="matched"), an unhatched cell is not
+    'significant' unless it was tested: the note says how many were."""
+    ds = _ds()
+    p = np.full((3, 4), np.nan)
+    p[0, 0], p[1, 2] = 0.01, 0.01  # two tested cells, both significant: nothing hatched
+    ds["pvalue"].loc[{"metric": "cka"}] = p
+    notes = [t.get_text() for t in heatmap(ds, ["cka"]).texts]
+    assert any("2 of 12" in n and "p >= 0.05" in n for n in notes), notes
+    outlined = [
+        r for r in heatmap(ds, ["cka"]).axes[0].patches if r.get_edgecolor()[:3] == (0, 0, 0)
+    ]
+    assert len(outlined) == 2
+    full = [t.get_text() for t in heatmap(_ds(), ["cka"]).texts]
+    assert full == ["hatched: permutation p >= 0.05"]
