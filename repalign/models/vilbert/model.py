@@ -349,7 +349,11 @@ class ViLBERT(nn.Module):
     # -- the three stages, usable on their own (objectives reuse tower outputs)
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text tower + projection: (B, T) ids -> (B, T, H)."""
-        states = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # A 4-D key mask (True = attend) reaches SDPA as it is; given the 2-D mask,
+        # transformers first asks the device whether the batch has padding at all (a host
+        # sync on every text forward in eager mode).
+        key_mask = attention_mask.bool()[:, None, None, :]
+        states = self.text(input_ids=input_ids, attention_mask=key_mask).last_hidden_state
         return self.text_proj(states)
 
     def encode_image(

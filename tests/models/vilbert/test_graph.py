@@ -27,3 +27,35 @@ def test_pretraining_forward_has_no_graph_break(objective, tokenizer, samples32)
     explained = torch._dynamo.explain(model)(collate(samples32[:8]))
     reasons = [r.reason for r in explained.break_reasons]
     assert explained.graph_count == 1 and not reasons, reasons
+
+
+HOST_READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero")
+
+
+def test_pretraining_forward_and_backward_never_read_a_value_back(
+    tokenizer, samples32, monkeypatch
+):
+    """In eager mode too: each of these calls waits for the device (a host sync on GPU).
+    transformers' BERT would ask whether the batch has padding unless given a 4-D mask."""
+    config = micro_config(depth=2, cross_attention_layers=[1])
+    model = PretrainModel(
+        config, tasks=TASKS, swap_negative_ratio=0.5, task_batch_sizes={"mim": 2, "ap": 4}
+    )
+    collate = PretrainCollator(
+        tokenizer, tasks=TASKS, image_size=32, patch_size=config.vision_patch_size, seed=0
+    )
+    batch = collate(samples32[:8])
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    loss = model(batch)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    monkeypatch.undo()
+    assert reads == []
