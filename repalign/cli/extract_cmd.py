@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +171,8 @@ def extract(
     from repalign.extract.run import ExtractConfig, check_output
     from repalign.extract.run import extract as run_extract
 
-    shard, out, device = _torchrun_shard(shard, out, device)
     try:
+        shard, out, device = _torchrun_shard(shard, out, device)
         check_output(out, resume=resume, overwrite=overwrite)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(
@@ -208,13 +207,18 @@ def extract(
 
 def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | None, Path, str]:
     """Under ``torchrun`` (WORLD_SIZE > 1) each rank extracts its own shard into its own file
-    (``OUT.shardKofN.nc``) on its own GPU, unless ``--shard`` was given explicitly."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if shard is not None or world <= 1:
+    (``OUT.shardKofN.nc``) on its own GPU, unless ``--shard`` was given explicitly.
+
+    Raises ValueError naming the variable when ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` is malformed.
+    """
+    from repalign.distributed import env, local_device
+
+    job = env()
+    if shard is not None or job.world_size <= 1:
         return shard, out, device
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world = job.rank, job.world_size
     if device == "cuda":
-        device = f"cuda:{local}"
+        device = str(local_device(device))
     out = out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix}")
     log.info(
         "torchrun rank %d of %d: shard %d/%d -> %s on %s", rank, world, rank, world, out, device

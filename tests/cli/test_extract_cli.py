@@ -146,6 +146,29 @@ def test_torchrun_ranks_write_shards_that_merge(bert_dir, tmp_path, monkeypatch)
     assert "every shard" in _err(["merge", shards[0], "--out", str(tmp_path / "n.nc")])
 
 
+def test_malformed_torchrun_variable_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    out = _err(["extract", "-m", "hf-text", "--data", "synthetic:4", "--out", str(tmp_path / "f.nc"),
+                "--no-progress"])  # fmt: skip
+    assert "WORLD_SIZE='two' is not an integer" in out
+    assert not (tmp_path / "f.nc").exists()
+
+
+def test_torchrun_rank_gets_its_shard_file_and_gpu(tmp_path, monkeypatch):
+    from repalign.cli.extract_cmd import _torchrun_shard
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    out = tmp_path / "f.nc"
+    assert _torchrun_shard(None, out, "cuda") == ("3/4", tmp_path / "f.shard3of4.nc", "cuda:1")
+    assert _torchrun_shard(None, out, "cpu") == ("3/4", tmp_path / "f.shard3of4.nc", "cpu")
+    assert _torchrun_shard("0/2", out, "cuda") == ("0/2", out, "cuda")  # explicit --shard wins
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert _torchrun_shard(None, out, "cuda") == (None, out, "cuda")
+
+
 def test_info_flags_an_incomplete_file(tmp_path):
     import numpy as np
 
