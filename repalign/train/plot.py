@@ -3,6 +3,10 @@
 Reads ``RUN/log.jsonl`` and draws one row of panels: losses (train lines, held-out
 evaluations as markers), accuracies, and, when the run logged probes, each probe
 metric between the text and vision streams per layer.
+
+Like :mod:`repalign.store.plot` it builds a plain :class:`matplotlib.figure.Figure`
+without pyplot, so the process's backend (a notebook's inline one) is left alone;
+:func:`training_figure` returns it, :func:`plot_training` writes it atomically.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _LABELS = {"mlm_attribute": "mlm (colour/shape words)", "mlm": "mlm (all masked words)"}
 _SKIP = {"step", "split", "lr", "pairs_per_s", "grad_norm", "loss"}
+DPI = 120
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -55,14 +63,24 @@ def _task(name: str) -> str:
 
 
 def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the run's curves to ``out`` (default ``RUN/training.png``); return the path."""
-    import matplotlib
+    """Draw the run's curves to ``out`` (default ``RUN/training.png``); return the path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The file is written through a temporary file and renamed, so an interrupted
+    plot never leaves a truncated figure in place of the previous one.
+    """
+    from repalign.store.plot import save
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "training.png"
+    return save(training_figure(run_dir), out, dpi=DPI)
+
+
+def training_figure(run_dir: str | Path) -> Figure:
+    """The run's curves as a :class:`~matplotlib.figure.Figure` (a notebook displays it)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    run_dir = Path(run_dir)
     records = read_log(run_dir)
     train, evals, probes = (_series(records, s) for s in ("train", "eval", "probe"))
 
@@ -87,10 +105,11 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     cols = len(panels) if len(panels) <= 3 else 2
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.4 * rows), squeeze=False)
+    fig = Figure(figsize=(6 * cols, 4.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    palette = plt.get_cmap("tab10")
+    palette = matplotlib.colormaps["tab10"]
     tasks = sorted({_task(n) for _, names, _ in panels[:2] for n in names})
     colour_of = {t: palette(i % 10) for i, t in enumerate(tasks)}
     for ax, (title, names, scale) in zip(axes.flat, panels, strict=False):
@@ -129,7 +148,4 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
         fontsize=11,
     )
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
