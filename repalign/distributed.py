@@ -232,12 +232,8 @@ class ShardedBatchStream(Dataset):
         return self.stream.indices(k)[self.rank :: self.world_size]
 
     def __getitem__(self, k: int) -> Any:
-        from repalign.train.batches import seeded  # here: repalign.train imports this module
+        # imported here: repalign.train imports this module
+        from repalign.train.batches import collate_seeded
 
         samples = [self.stream.dataset[int(i)] for i in self.indices(k)]
-        collate = self.stream.collate
-        with seeded(self.seed, 104729, k, 7 + self.rank):
-            reseed = getattr(collate, "reseed", None)
-            if callable(reseed):
-                reseed(int(torch.initial_seed() % 2**63))
-            return collate(samples)
+        return collate_seeded(self.stream.collate, samples, self.seed, k, 7 + self.rank)

@@ -36,6 +36,24 @@ def seeded(*key: int) -> Iterator[None]:
             np.random.set_state(np_state)  # noqa: NPY002 (global RNG on purpose)
 
 
+def collate_seeded(
+    collate: Callable[[list[Any]], Any], samples: list[Any], seed: int, k: int, *salt: int
+) -> Any:
+    """``collate(samples)`` for batch ``k`` under global RNGs seeded from ``(seed, k, *salt)``.
+
+    A collator with a ``reseed(seed: int)`` method (one that keeps its own generator)
+    gets the batch's torch seed first. The key, and so the random draws, must not
+    change: a resumed run replays batch ``k`` exactly only if this stays a pure
+    function of its arguments. :class:`~repalign.distributed.ShardedBatchStream`
+    passes the rank in ``salt``.
+    """
+    with seeded(seed, 104729, k, *salt):
+        reseed = getattr(collate, "reseed", None)
+        if callable(reseed):
+            reseed(int(torch.initial_seed() % 2**63))
+        return collate(samples)
+
+
 class BatchStream(Dataset):
     """Indexable batches: ``stream[k]`` is collated batch ``k`` (epochs wrap around).
 
@@ -80,11 +98,7 @@ class BatchStream(Dataset):
 
     def __getitem__(self, k: int) -> Any:
         samples = [self.dataset[int(i)] for i in self.indices(k)]
-        with seeded(self.seed, 104729, k):
-            reseed = getattr(self.collate, "reseed", None)
-            if callable(reseed):
-                reseed(int(torch.initial_seed() % 2**63))
-            return self.collate(samples)
+        return collate_seeded(self.collate, samples, self.seed, k)
 
 
 class _RangeSampler(Sampler[int]):
