@@ -41,6 +41,7 @@ from repalign.train.checkpoint import (
     save_checkpoint,
 )
 from repalign.train.config import LoopConfig, OptimConfig, save_config
+from repalign.train.prefetch import DevicePrefetcher, to_device
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +120,6 @@ def preserved_rng() -> Iterator[None]:
         yield
     finally:
         restore_rng_state(state)
-
-
-def _move(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _move(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_move(v, device) for v in batch)
-    return batch
 
 
 def _batch_size(batch: Any) -> int:
@@ -369,7 +360,7 @@ class Trainer:
             no_sync = self.ddp.no_sync() if self.ddp is not None and not last else None
             with no_sync or contextlib.nullcontext():
                 with self._autocast():
-                    out = self.forward(_move(batch, self.device))
+                    out = self.forward(to_device(batch, self.device))
                 if "loss" not in out:
                     raise KeyError(f"the model's output has no 'loss' (keys: {sorted(out)})")
                 (out["loss"] / len(micro_batches)).backward()
@@ -404,7 +395,7 @@ class Trainer:
             num_workers=self.loop.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        batches = iter(loader)
+        batches = DevicePrefetcher(iter(loader), self.device)  # copies overlap the step
         window: dict[str, list[torch.Tensor]] = {}
         pairs, t0 = 0, time.perf_counter()
         self._started = t0
