@@ -46,7 +46,8 @@ from repalign.data.masking import mask_tokens, random_patch_mask  # noqa: E402
 from repalign.models.vilbert import preset  # noqa: E402
 from repalign.train.config import LoopConfig, OptimConfig  # noqa: E402
 from repalign.train.loop import Trainer  # noqa: E402
-from repalign.train.objectives import TASKS, PretrainModel  # noqa: E402
+from repalign.train.objectives import PretrainModel  # noqa: E402
+from repalign.train.tasks import TASKS  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 

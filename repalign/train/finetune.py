@@ -122,7 +122,8 @@ def build(config: FinetuneConfig) -> dict[str, Any]:
     """Model (pretrained or not), collators and splits of a fine-tuning run."""
     from repalign.data.text_vocab import load_tokenizer
     from repalign.models.vilbert import ViLBERTConfig, preset
-    from repalign.train.objectives import ClassifierCollator, ClassifierModel
+    from repalign.train.collate import ClassifierCollator
+    from repalign.train.objectives import ClassifierModel
 
     state = None
     if config.init is not None:

@@ -35,259 +35,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from repalign.data.base import Sample
-from repalign.data.masking import IGNORE_INDEX, mask_tokens, random_patch_mask
-from repalign.data.synthetic import COLOURS, SHAPES, Scene, hard_negative
+from repalign.data.masking import IGNORE_INDEX
 from repalign.distributed import all_gather, all_gather_with_grad, get_rank, is_distributed
 from repalign.models.vilbert.config import ViLBERTConfig
 from repalign.models.vilbert.heads import ContrastiveHead, MIMHead, MLMHead, PairHead
 from repalign.models.vilbert.model import ViLBERT, ViLBERTOutput
-from repalign.models.vilbert.preprocess import ImageTransform, stack_images, tokenize
-
-TASKS: tuple[str, ...] = ("mlm", "mim", "ap", "itc")
-# Tasks whose rows per batch ``task_batch_sizes`` can limit (ITC always uses the batch).
-SIZED_TASKS: tuple[str, ...] = ("mlm", "mim", "ap")
-# Words whose masked prediction needs the image: reported as mlm_attribute_accuracy.
-ATTRIBUTE_WORDS: tuple[str, ...] = (*COLOURS, *SHAPES)
-
-
-def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    """Validate a task list (any non-empty subset of :data:`TASKS`), in canonical order."""
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown or not tasks:
-        raise ValueError(
-            f"tasks must be a non-empty subset of {', '.join(TASKS)}; got {list(tasks)}"
-        )
-    return tuple(t for t in TASKS if t in tasks)
-
-
-def check_task_batch_sizes(sizes: Mapping[str, int], tasks: Sequence[str]) -> dict[str, int]:
-    """Validate ``task_batch_sizes``: selected tasks among :data:`SIZED_TASKS`, sizes >= 1."""
-    wrong = sorted(t for t in sizes if t not in SIZED_TASKS or t not in tasks)
-    if wrong:
-        raise ValueError(
-            f"task_batch_sizes for {wrong}: give sizes only for selected tasks among "
-            f"{', '.join(SIZED_TASKS)} (ITC always uses the whole batch); selected: {list(tasks)}"
-        )
-    bad = {t: n for t, n in sizes.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
-    if bad:
-        raise ValueError(f"task_batch_sizes must be whole numbers >= 1, got {bad}")
-    return dict(sizes)
-
-
-class _Seeded:
-    """A per-call numpy generator from the collator's seed and one draw of torch's RNG.
-
-    torch's RNG is what DataLoader seeds per worker and what a trainer saves and
-    restores, so batches stay reproducible across workers and resumes. Also holds
-    what every collator needs: the tokenizer, the caption length and the image transform.
-    """
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        image_size: int,
-        augment: bool = False,
-        seed: int = 0,
-        max_length: int = 32,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    ) -> None:
-        self.tokenizer, self.seed, self.max_length = tokenizer, seed, max_length
-        self.transform = ImageTransform(image_size, tuple(mean), tuple(std), augment)
-
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([self.seed, int(torch.randint(0, 2**31 - 1, ()))])
-
-
-class PretrainCollator(_Seeded):
-    """Samples -> a pretraining batch (picklable, for DataLoader workers).
-
-    Keys: ``input_ids``, ``attention_mask`` (B, T); ``pixel_values`` (B, 3, S, S);
-    ``caption_group`` (B,) equal for identical captions; with ``ap`` and scenes in
-    ``meta["scene"]``: ``neg_input_ids``, ``neg_attention_mask`` (hard negatives,
-    padded to the same T); with ``mlm``: ``mlm_input_ids``, ``mlm_labels`` (-100 where
-    not masked), ``mlm_attribute`` (bool, masked colour/shape words); with ``mim``:
-    ``patch_mask`` (B, P) bool and ``mim_index`` (B, k).
-    """
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        tasks: Sequence[str],
-        image_size: int,
-        mlm_probability: float = 0.15,
-        mim_probability: float = 0.25,
-        patch_size: int | None = None,
-        augment: bool = False,
-        seed: int = 0,
-        max_length: int = 32,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    ) -> None:
-        super().__init__(
-            tokenizer,
-            image_size=image_size,
-            augment=augment,
-            seed=seed,
-            max_length=max_length,
-            mean=mean,
-            std=std,
-        )
-        self.tasks = check_tasks(tasks)
-        self.mlm_probability, self.mim_probability = mlm_probability, mim_probability
-        self.num_patches = None
-        if "mim" in self.tasks:
-            if patch_size is None:
-                raise ValueError(
-                    "masked image modelling needs the patch grid: pass "
-                    "patch_size=config.vision_patch_size to PretrainCollator"
-                )
-            if image_size % patch_size:
-                raise ValueError(
-                    f"image_size={image_size} is not a multiple of patch_size={patch_size}"
-                )
-            self.num_patches = (image_size // patch_size) ** 2
-        if "mlm" in self.tasks:
-            if tokenizer.mask_token_id is None:
-                raise ValueError("the tokenizer has no [MASK] token; MLM needs one")
-            special = set(tokenizer.all_special_ids)
-            self.random_token_ids = torch.tensor(
-                [i for i in range(len(tokenizer)) if i not in special], dtype=torch.long
-            )
-            vocab = tokenizer.get_vocab()
-            self.attribute_ids = torch.tensor(
-                [vocab[w] for w in ATTRIBUTE_WORDS if w in vocab], dtype=torch.long
-            )
-
-    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-        rng = self._rng()
-        b = len(samples)
-        texts = [s.text for s in samples]
-        scenes = [s.meta.get("scene") for s in samples]
-        negatives: list[str] = []
-        if "ap" in self.tasks and b and all(isinstance(s, Scene) for s in scenes):
-            negatives = [hard_negative(s, rng).caption for s in scenes]
-        enc = tokenize(self.tokenizer, texts + negatives, max_length=self.max_length)
-        batch = {
-            "input_ids": enc["input_ids"][:b],
-            "attention_mask": enc["attention_mask"][:b],
-            "pixel_values": stack_images([s.image for s in samples], self.transform, rng),
-        }
-        groups: dict[str | None, int] = {}
-        batch["caption_group"] = torch.tensor([groups.setdefault(t, len(groups)) for t in texts])
-        if negatives:
-            batch["neg_input_ids"] = enc["input_ids"][b:]
-            batch["neg_attention_mask"] = enc["attention_mask"][b:]
-        if "mlm" in self.tasks:
-            special = enc["special_tokens_mask"][:b].bool() | ~enc["attention_mask"][:b].bool()
-            ids, labels = mask_tokens(
-                batch["input_ids"],
-                special,
-                mask_token_id=self.tokenizer.mask_token_id,
-                random_token_ids=self.random_token_ids,
-                rng=rng,
-                probability=self.mlm_probability,
-            )
-            batch["mlm_input_ids"], batch["mlm_labels"] = ids, labels
-            batch["mlm_attribute"] = torch.isin(labels, self.attribute_ids)
-            if negatives:
-                # Negatives are masked alike (else [MASK] would mark a positive), except
-                # where they differ from the positive: that word must stay readable.
-                neg_ids = batch["neg_input_ids"]
-                protect = enc["special_tokens_mask"][b:].bool() | ~enc["attention_mask"][b:].bool()
-                protect |= neg_ids != batch["input_ids"]
-                batch["neg_mlm_input_ids"], _ = mask_tokens(
-                    neg_ids,
-                    protect,
-                    mask_token_id=self.tokenizer.mask_token_id,
-                    random_token_ids=self.random_token_ids,
-                    rng=rng,
-                    probability=self.mlm_probability,
-                )
-        if "mim" in self.tasks:
-            batch["patch_mask"], batch["mim_index"] = random_patch_mask(
-                b, self.num_patches, probability=self.mim_probability, rng=rng
-            )
-        return batch
-
-
-class ClassifierCollator(_Seeded):
-    """Labelled samples (``Sample.label`` 0/1) -> ``input_ids``, ``attention_mask``,
-    ``pixel_values`` and float ``labels`` (B,)."""
-
-    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-        unlabelled = [s.sample_id for s in samples if s.label is None]
-        if unlabelled:
-            raise ValueError(
-                f"samples without a label cannot be used for fine-tuning: {unlabelled[:5]}"
-            )
-        rng = self._rng() if self.transform.augment else None
-        enc = tokenize(self.tokenizer, [s.text for s in samples], max_length=self.max_length)
-        return {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "pixel_values": stack_images([s.image for s in samples], self.transform, rng),
-            "labels": torch.tensor([float(s.label) for s in samples]),
-        }
-
-
-# ----------------------------------------------------------------------------- losses
-def contrastive_loss(
-    logits: torch.Tensor, groups: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE on (B, B) text-image logits; pairs with the same caption group
-    are all positives. Returns (loss, accuracy of the top match in both directions)."""
-    b = logits.size(0)
-    if groups is None:
-        positive = torch.eye(b, dtype=torch.bool, device=logits.device)
-    else:
-        positive = groups[:, None] == groups[None, :]
-    target = positive.float() / positive.sum(1, keepdim=True)
-    loss = 0.5 * (
-        -(target * logits.log_softmax(1)).sum(1).mean()
-        - (target * logits.T.log_softmax(1)).sum(1).mean()
-    )
-    rows = positive.gather(1, logits.argmax(1, keepdim=True)).float().mean()
-    cols = positive.gather(1, logits.T.argmax(1, keepdim=True)).float().mean()
-    return loss, 0.5 * (rows + cols)
-
-
-def info_nce(
-    pred: torch.Tensor, target: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) predictions vs (N, D) targets, row i's positive is target i."""
-    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
-    labels = torch.arange(logits.size(0), device=logits.device)
-    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
-
-
-def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the real tokens: states (B, T, H), mask (B, T) -> (B, H)."""
-    m = mask.to(states.dtype)[..., None]
-    return (states * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-def caption_keys(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) int64 hash of each row's real tokens: equal captions get equal keys, whatever
-    the padding (used as caption groups across the ranks of a DDP run)."""
-    gen = torch.Generator().manual_seed(0x5EED)
-    weights = torch.randint(1, 2**62, (input_ids.size(1),), generator=gen) | 1
-    ids = (input_ids.long() + 1) * mask.long()
-    return (ids * weights.to(ids.device)).sum(1) + mask.long().sum(1)
-
-
-def _gather_tokens(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """states (B, L, H), index (B, k) -> (B, k, H)."""
-    return states.gather(1, index[..., None].expand(-1, -1, states.size(-1)))
+from repalign.train.losses import (
+    caption_keys,
+    contrastive_loss,
+    gather_tokens,
+    info_nce,
+    masked_mean,
+)
+from repalign.train.tasks import TASKS, check_task_batch_sizes, check_tasks
 
 
 class PretrainModel(nn.Module):
@@ -540,8 +304,8 @@ class PretrainModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """index (n, k) masked patch positions (+1 skips the class token); fused and
         clean (n, 1+P, H)."""
-        pred = self.heads["mim"](_gather_tokens(fused, index + 1)).flatten(0, 1)
-        target = _gather_tokens(clean, index + 1).flatten(0, 1)
+        pred = self.heads["mim"](gather_tokens(fused, index + 1)).flatten(0, 1)
+        target = gather_tokens(clean, index + 1).flatten(0, 1)
         return info_nce(pred.float(), target.float(), self.mim_temperature)
 
 

@@ -119,7 +119,9 @@ def build(config: PretrainConfig) -> dict[str, Any]:
     """Model, collators and datasets of a pretraining run (no training)."""
     from repalign.data.text_vocab import load_tokenizer
     from repalign.models.vilbert import preset
-    from repalign.train.objectives import PretrainCollator, PretrainModel, check_tasks
+    from repalign.train.collate import PretrainCollator
+    from repalign.train.objectives import PretrainModel
+    from repalign.train.tasks import check_tasks
 
     tasks = check_tasks(config.tasks)
     vconfig = preset(config.preset, **config.model)

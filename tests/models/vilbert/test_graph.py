@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repalign.train.objectives import TASKS, PretrainCollator, PretrainModel
+from repalign.train.collate import PretrainCollator
+from repalign.train.objectives import PretrainModel
+from repalign.train.tasks import TASKS
 
 from .conftest import micro_config
 

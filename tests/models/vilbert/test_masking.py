@@ -9,7 +9,7 @@ import torch
 from repalign.data.masking import IGNORE_INDEX, mask_tokens, random_patch_mask
 from repalign.data.synthetic import VOCABULARY
 from repalign.data.text_vocab import SPECIAL_TOKENS
-from repalign.train.objectives import ClassifierCollator, PretrainCollator
+from repalign.train.collate import ClassifierCollator, PretrainCollator
 
 
 def test_mlm_masking_statistics():

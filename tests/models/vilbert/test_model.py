@@ -11,7 +11,9 @@ from transformers import BertConfig, BertModel
 
 from repalign.models.vilbert import ViLBERT
 from repalign.models.vilbert.model import FusionLayer
-from repalign.train.objectives import TASKS, PretrainCollator, PretrainModel
+from repalign.train.collate import PretrainCollator
+from repalign.train.objectives import PretrainModel
+from repalign.train.tasks import TASKS
 
 from .conftest import micro_config
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from repalign.models.vilbert import ViLBERT, ViLBERTConfig, preset
-from repalign.train.objectives import TASKS, PretrainCollator, PretrainModel
+from repalign.train.collate import PretrainCollator
+from repalign.train.objectives import PretrainModel
+from repalign.train.tasks import TASKS
 
 from .conftest import micro_config
 
