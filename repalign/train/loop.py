@@ -13,7 +13,6 @@ optimizer and the RNG states as they were at the start of the next step.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -42,6 +41,8 @@ from repalign.train.checkpoint import (
 )
 from repalign.train.config import LoopConfig, OptimConfig, save_config
 from repalign.train.prefetch import DevicePrefetcher, to_device
+from repalign.train.runlog import RunLog
+from repalign.train.schedule import lr_factor, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -68,50 +69,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lr_factor(step: int, optim: OptimConfig, total: int) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine/linear decay to ``min_lr_ratio``."""
-    if optim.warmup_steps > 0 and step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return 1.0
-    span = max(1, total - optim.warmup_steps)
-    progress = min(1.0, (step - optim.warmup_steps) / span)
-    if optim.schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        decay = 1.0 - progress
-    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * decay
-
-
-def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
-    """AdamW groups: (pretrained or not) x (decayed or not).
-
-    Biases, norms and 1-D parameters get no weight decay. Parameters whose name
-    starts with a pretrained prefix (``optim.pretrained_prefixes``, else the
-    model's ``pretrained_prefixes`` attribute) train at ``pretrained_lr_scale`` x lr.
-    """
-    own = getattr(model, "pretrained_prefixes", ())
-    prefixes = tuple(optim.pretrained_prefixes or (own() if callable(own) else own) or ())
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        pretrained = bool(prefixes) and name.startswith(prefixes)
-        decay = p.ndim >= 2 and "norm" not in name.lower() and "embedding" not in name.lower()
-        groups.setdefault((pretrained, decay), []).append(p)
-    if not groups:
-        raise ValueError("the model has no trainable parameters (all frozen?)")
-    return [
-        {
-            "params": params,
-            "weight_decay": optim.weight_decay if decay else 0.0,
-            "lr_scale": optim.pretrained_lr_scale if pretrained else 1.0,
-            "lr": optim.lr * (optim.pretrained_lr_scale if pretrained else 1.0),
-        }
-        for (pretrained, decay), params in sorted(groups.items())
-    ]
-
-
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
     """Run a block (evaluation, probes) without disturbing the training RNG streams."""
@@ -130,45 +87,6 @@ def _batch_size(batch: Any) -> int:
             if isinstance(v, torch.Tensor) and v.ndim > 0:
                 return int(v.shape[0])
     return 0
-
-
-class RunLog:
-    """Append-only ``log.jsonl``: one JSON object per (step, split)."""
-
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled  # False on DDP ranks other than 0: they read, never write
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
-        if not self.enabled or not self.path.exists():
-            return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(f"{line}\n" for line in keep))
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-
-    def write_csv(self, path: Path, split: str = "train") -> None:
-        rows = [r for r in self.records() if r.get("split") == split]
-        if not rows or not self.enabled:
-            return
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        lines = [",".join(columns)]
-        lines += [",".join("" if r.get(c) is None else str(r[c]) for c in columns) for r in rows]
-        path.write_text("\n".join(lines) + "\n")
 
 
 class Trainer:

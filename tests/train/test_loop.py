@@ -5,7 +5,8 @@ import torch
 
 from repalign.train.batches import BatchStream
 from repalign.train.config import OptimConfig
-from repalign.train.loop import Periodic, Trainer, lr_factor, param_groups
+from repalign.train.loop import Periodic, Trainer
+from repalign.train.schedule import lr_factor, param_groups
 from tests.train._toy import ToyData, ToyModel, toy_collate, toy_configs
 
 
