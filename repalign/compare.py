@@ -17,16 +17,13 @@ interval per pair, and return the score Dataset with its provenance
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
-import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +33,7 @@ import xarray as xr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import repalign
+from repalign.provenance import library_versions, sha256_file, sha256_ids
 from repalign.store.schema import SAMPLE_ID
 from repalign.store.scores import LayerAxis, MetricScores, metric_label, scores_dataset
 
@@ -339,30 +337,6 @@ def _pair_stats(
 # ---------------------------------------------------------------- the pipeline
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_ids(ids: Sequence[str]) -> str:
-    """Hex sha256 of the sample ids, in order, joined by newlines (UTF-8)."""
-    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    out = {"repalign": repalign.__version__, "python": platform.python_version()}
-    for dist in ("torch", "numpy", "xarray", "netCDF4", "POT"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def _device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -438,7 +412,7 @@ def provenance_attrs(
         "model_a": model_a,
         "model_b": model_b,
         "config_json": json.dumps(dict(config), default=str),
-        "versions_json": json.dumps(_versions()),
+        "versions_json": json.dumps(library_versions("torch", "numpy", "xarray", "netCDF4", "POT")),
     }
 
 

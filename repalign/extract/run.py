@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from repalign.extract.loader import BatchLoader
 from repalign.extract.pooling import check_pooling
 from repalign.extract.writer import AsyncWriter
 from repalign.models.base import Adapter, LayerInfo
+from repalign.provenance import library_versions
 from repalign.store import schema
 from repalign.store.features import FeatureFile
 
@@ -95,28 +95,6 @@ def check_output(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
             f"the folder of --out ({out.parent}) does not exist; create it first"
         )
     return out
-
-
-def library_versions() -> dict[str, str]:
-    import netCDF4
-    import xarray
-
-    import repalign
-
-    versions = {
-        "python": platform.python_version(),
-        "repalign": repalign.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "xarray": xarray.__version__,
-        "netCDF4": netCDF4.__version__,
-    }
-    for name in ("transformers", "timm"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return versions
 
 
 def _to_device(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -191,7 +169,7 @@ def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) ->
     """The global attrs of the feature file this run writes (provenance)."""
     prov = adapter.provenance()
     run_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite", "progress")}
-    versions = library_versions()
+    versions = library_versions("torch", "numpy", "xarray", "netCDF4", "transformers", "timm")
     return {
         "repalign_version": versions["repalign"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
