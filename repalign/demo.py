@@ -98,7 +98,11 @@ class DemoConfig:
         )
 
     def train_key(self) -> dict[str, Any]:
-        """What a cached training run must match to be reused."""
+        """What a cached training run must match to be reused: the demo's settings, the
+        resolved model config (a changed preset retrains) and the repalign version."""
+        import repalign
+        from repalign.models.vilbert import preset
+
         return {
             "steps": self.train_steps,
             "batch_size": self.batch_size,
@@ -106,6 +110,8 @@ class DemoConfig:
             "tasks": list(self.tasks),
             "lr": self.lr,
             "seed": self.seed,
+            "model": preset("tiny").to_dict(),
+            "repalign": repalign.__version__,
         }
 
 

@@ -228,3 +228,20 @@ def test_a_damaged_cache_key_means_retrain_not_a_traceback(tmp_path):
     (run / "eval.json").write_text("{}")
     (run / demo._KEY_FILE).write_text('{"steps": 3')  # cut off mid-write
     assert not demo._cached(run, {"steps": 3})
+
+
+def test_a_changed_model_preset_is_not_reused(tmp_path, monkeypatch):
+    """The cache key holds the resolved model config: a run trained with another tiny
+    preset (e.g. before an upgrade changed its dropout) is trained again."""
+    import dataclasses
+
+    from repalign.models.vilbert import config as vconfig
+
+    cfg = DemoConfig.quick_config(tmp_path)
+    before = cfg.train_key()
+    original = vconfig.PRESETS["tiny"]
+    monkeypatch.setitem(
+        vconfig.PRESETS, "tiny", lambda: dataclasses.replace(original(), dropout=0.3)
+    )
+    assert cfg.train_key() != before
+    assert cfg.train_key()["model"]["dropout"] == 0.3
