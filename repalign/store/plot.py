@@ -32,6 +32,10 @@ from repalign.store.scores import from_one_file, layer_axis
 #: cells per side up to which each heatmap cell is annotated with its value
 ANNOTATE_MAX = 14
 SIGNIFICANCE = 0.05
+#: fill of heatmap cells without a score (no run computed them); not in viridis
+NOT_COMPUTED_COLOR = "0.85"
+#: font size of a heatmap's note under the panels (points)
+NOTE_FONTSIZE = 8
 #: profile panels: default width, the widest a panel grows to fit layer-name ticks (inches)
 PANEL_WIDTH, MAX_PANEL_WIDTH = 5.2, 14.0
 #: layer-name ticks of a profile: font size (points) and rotation (degrees)
@@ -92,7 +96,9 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
 
     Cells are annotated with their value when the grid is small; with a
     permutation p-value present, cells not significant at 0.05 are hatched, and a
-    note says how many cells were tested.
+    note says how many cells were tested. Cells without a score (no run computed
+    them, e.g. after merging runs over different layers) are grey and cross-hatched,
+    and the note counts them.
     """
     ds = _with_metric_dim(ds)
     names = _metrics(ds, metrics)
@@ -105,14 +111,26 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    hatched, tested, cells = False, 0, 0
+    hatched, tested, cells, missing = False, 0, 0, 0
     for ax, name in zip(axes.flat, names, strict=False):
         m = ds.sel(metric=name)
         vmin, vmax, cmap, similar = _color_range(m)
         values = m.score.values
+        computed = np.isfinite(values)
         im = ax.imshow(
-            values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+            values,
+            # NaN would show the white axes background, which reads as a (low) score
+            cmap=matplotlib.colormaps[cmap].with_extremes(bad=NOT_COMPUTED_COLOR),
+            vmin=vmin,
+            vmax=vmax,
+            aspect="auto",
+            interpolation="nearest",
         )
+        missing += int((~computed).sum())
+        for i, j in zip(*np.nonzero(~computed), strict=True):
+            ax.add_patch(
+                Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="0.55", lw=0)
+            )
         ax.set_xticks(range(nb), [str(v) for v in ds.layer_b.values], rotation=60, ha="right")
         ax.set_yticks(range(na), [str(v) for v in ds.layer_a.values])
         ax.set_xlabel(f"layer B ({ds.attrs.get('model_b', 'B')})")
@@ -124,15 +142,15 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
             p = m.pvalue.values
             not_significant = np.isfinite(p) & (p >= SIGNIFICANCE)
             hatched = hatched or bool(not_significant.any())
-            has_p = np.isfinite(p)
-            tested, cells = tested + int(has_p.sum()), cells + p.size
+            has_p = np.isfinite(p) & computed
+            tested, cells = tested + int(has_p.sum()), cells + int(computed.sum())
             for i, j in zip(*np.nonzero(not_significant), strict=True):
                 ax.add_patch(
                     Rectangle(
                         (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", lw=0
                     )
                 )
-            if has_p.any() and not has_p.all():  # outline the tested cells
+            if has_p.any() and (has_p != computed).any():  # outline the tested cells
                 for i, j in zip(*np.nonzero(has_p), strict=True):
                     ax.add_patch(
                         Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False,
@@ -150,12 +168,23 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
                         j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if dark else "black",
                     )  # fmt: skip
+    notes = []
     if tested:
         note = f"hatched: permutation p >= {SIGNIFICANCE}"
         if tested < cells:  # an unhatched cell without a p-value is untested, not significant
             note += f"; outlined: the {tested} of {cells} cells tested (the others have no p-value)"
-        fig.text(0.01, 0.005, note, fontsize=8, color="0.3")
-    fig.tight_layout()
+        notes.append(note)
+    if missing:
+        total = na * nb * len(names)
+        notes.append(
+            f"grey, cross-hatched: not computed ({missing} of {total} cells; no run scored "
+            "these layer pairs)"
+        )
+    # keep the note's lines clear of the x labels: lay the panels out above them
+    note_height = (len(notes) * NOTE_FONTSIZE * 1.4 + 4) / 72 / fig.get_figheight()
+    fig.tight_layout(rect=(0, note_height if notes else 0, 1, 1))
+    if notes:
+        fig.text(0.01, 0.005, "\n".join(notes), fontsize=NOTE_FONTSIZE, color="0.3", va="bottom")
     return fig
 
 

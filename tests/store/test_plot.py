@@ -191,3 +191,34 @@ def test_heatmap_says_which_cells_were_tested():
     assert len(outlined) == 2
     full = [t.get_text() for t in heatmap(_ds(), ["cka"]).texts]
     assert full == ["hatched: permutation p >= 0.05"]
+
+
+def _merged_over_layer_subsets():
+    """Two compare runs over different layers of B, merged: the cells no run scored are NaN."""
+    from repalign.store.scores import merge_scores
+
+    full = _ds()
+    return merge_scores(
+        [full.isel(layer_b=[0, 1]), full.isel(layer_a=[0, 1], layer_b=[2, 3])]
+    )  # layer_a t.2 x layer_b v.2, v.3: not computed
+
+
+def test_heatmap_marks_cells_no_run_computed():
+    ds = _merged_over_layer_subsets()
+    assert int(np.isnan(ds.score.sel(metric="cka").values).sum()) == 2
+    fig = heatmap(ds, ["cka"])
+    ax = fig.axes[0]
+    missing = [p for p in ax.patches if p.get_hatch() == "xx"]
+    assert sorted(p.get_xy() for p in missing) == [(1.5, 1.5), (2.5, 1.5)]
+    bad = ax.get_images()[0].get_cmap().get_bad()
+    assert tuple(bad[:3]) != (1.0, 1.0, 1.0) and bad[3] == 1.0  # not the white background
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "not computed" in notes and "2 of 12" in notes, notes
+    # the two uncomputed cells have no p-value either: they are not "untested" cells
+    assert "outlined" not in notes, notes
+    assert not [p for p in heatmap(_ds(), ["cka"]).axes[0].patches if p.get_hatch() == "xx"]
+    assert not any("not computed" in t.get_text() for t in heatmap(_ds(), ["cka"]).texts)
+
+
+def test_heatmap_with_uncomputed_cells_renders(tmp_path):
+    _png_ok(plot_scores(_merged_over_layer_subsets(), tmp_path / "merged.png"))
