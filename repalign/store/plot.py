@@ -91,6 +91,11 @@ def _subtitle(ds: xr.Dataset) -> str:
     return "; ".join(parts)
 
 
+def _title(first: str, ds: xr.Dataset) -> str:
+    """``first`` over the subtitle line, or ``first`` alone when the file has nothing for it."""
+    return "\n".join(line for line in (first, _subtitle(ds)) if line)
+
+
 def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     """One panel per metric: score of every ``layer_a`` (rows) against ``layer_b`` (columns).
 
@@ -135,7 +140,7 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
         ax.set_yticks(range(na), [str(v) for v in ds.layer_a.values])
         ax.set_xlabel(f"layer B ({ds.attrs.get('model_b', 'B')})")
         ax.set_ylabel(f"layer A ({ds.attrs.get('model_a', 'A')})")
-        ax.set_title(f"{name}\n{_subtitle(ds)}", fontsize=10)
+        ax.set_title(_title(name, ds), fontsize=10)
         bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         bar.set_label(f"score ({'higher' if similar else 'lower'} = more similar)")
         if "pvalue" in m:
@@ -289,7 +294,7 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
             xlabel = "layer A at its relative depth (paired with the nearest-depth layer of B)"
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"score ({'higher' if similar else 'lower'} = more similar)")
-        ax.set_title(f"{name}: depth-matched layer pairs\n{_subtitle(ds)}", fontsize=10)
+        ax.set_title(_title(f"{name}: depth-matched layer pairs", ds), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

@@ -222,3 +222,15 @@ def test_heatmap_marks_cells_no_run_computed():
 
 def test_heatmap_with_uncomputed_cells_renders(tmp_path):
     _png_ok(plot_scores(_merged_over_layer_subsets(), tmp_path / "merged.png"))
+
+
+def test_titles_have_no_empty_line_without_sample_count_or_model_names():
+    bare = _ds()
+    bare.attrs = {}
+    assert [ax.get_title() for ax in heatmap(bare).axes if ax.get_title()] == [
+        "cka",
+        "wasserstein_distance",
+    ]
+    assert profile(bare, ["cka"]).axes[0].get_title() == "cka: depth-matched layer pairs"
+    # with them, the second line says so
+    assert heatmap(_ds(), ["cka"]).axes[0].get_title() == "cka\nn = 64 samples; m1 vs m2"
