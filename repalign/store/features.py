@@ -213,6 +213,12 @@ def open_features(
         raise ValueError(f"{path} is not a readable netCDF feature file: {exc}") from None
     if schema.SAMPLE_ID not in ds.variables:
         ds.close()
+        if "score" in ds.variables and schema.METRIC_DIM in ds.dims:
+            raise ValueError(
+                f"{path} is a score file (written by `repalign compare`), not a feature file: "
+                f"draw it with `repalign plot {path}`, or open it in Python with "
+                "repalign.store.scores.open_scores; feature files come from `repalign extract`"
+            )
         raise ValueError(
             f"{path} has no {schema.SAMPLE_ID!r} variable; it is not a repalign feature file"
         )

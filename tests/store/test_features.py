@@ -87,3 +87,24 @@ def test_not_a_feature_file(tmp_path):
     xr.Dataset({"x": ("a", [1.0])}).to_netcdf(tmp_path / "other.nc", engine="netcdf4")
     with pytest.raises(ValueError, match="not a repalign feature file"):
         open_features(tmp_path / "other.nc")
+
+
+def test_a_score_file_is_named_and_sent_to_repalign_plot(tmp_path):
+    """A score file given where features are read says what it is and where it goes."""
+    from typer.testing import CliRunner
+
+    from repalign.cli.main import app
+    from repalign.store.scores import LayerAxis, MetricScores, scores_dataset, write_scores
+
+    axis = LayerAxis(("t.0", "t.1"), ("text",) * 2, (0.5, 1.0))
+    cka = MetricScores("cka", "cka", {}, (0.0, 1.0), True, np.eye(2))
+    path = write_scores(scores_dataset(axis, axis, [cka]), tmp_path / "scores.nc")
+    with pytest.raises(ValueError, match=r"score file.*`repalign plot") as err:
+        open_features(path)
+    assert "repalign info" not in str(err.value)  # info reads feature files only
+    for args in (["compare", path, "--out", tmp_path / "s2.nc"], ["info", path]):
+        res = CliRunner().invoke(app, [str(a) for a in args])
+        assert res.exit_code != 0
+        said = " ".join(res.output.split())  # the console wraps lines at any space
+        assert "is a score file" in said and "`repalign plot" in said, res.output
+        assert "sample_id" not in said, res.output
