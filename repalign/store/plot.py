@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import xarray as xr
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -96,6 +97,23 @@ def _title(first: str, ds: xr.Dataset) -> str:
     return "\n".join(line for line in (first, _subtitle(ds)) if line)
 
 
+def _mark_significance(ax: Axes, p: np.ndarray, computed: np.ndarray) -> tuple[int, bool]:
+    """Hatch the cells of ``ax`` with p >= :data:`SIGNIFICANCE`; when only some computed
+    cells have a p-value, outline those. Returns (cells tested, whether outlined)."""
+    has_p = np.isfinite(p) & computed
+    for i, j in zip(*np.nonzero(has_p & (p >= SIGNIFICANCE)), strict=True):
+        ax.add_patch(
+            Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", lw=0)
+        )
+    outline = bool(has_p.any() and (has_p != computed).any())
+    if outline:
+        for i, j in zip(*np.nonzero(has_p), strict=True):
+            ax.add_patch(
+                Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, edgecolor="black", lw=1.0)
+            )
+    return int(has_p.sum()), outline
+
+
 def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     """One panel per metric: score of every ``layer_a`` (rows) against ``layer_b`` (columns).
 
@@ -116,7 +134,8 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    hatched, tested, cells, missing = False, 0, 0, 0
+    tested, outlined_tested, outlined_cells, missing = 0, 0, 0, 0
+    untested: list[str] = []  # panels without any p-value
     for ax, name in zip(axes.flat, names, strict=False):
         m = ds.sel(metric=name)
         vmin, vmax, cmap, similar = _color_range(m)
@@ -143,24 +162,15 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
         ax.set_title(_title(name, ds), fontsize=10)
         bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         bar.set_label(f"score ({'higher' if similar else 'lower'} = more similar)")
+        n_tested, outlined = 0, False
         if "pvalue" in m:
-            p = m.pvalue.values
-            not_significant = np.isfinite(p) & (p >= SIGNIFICANCE)
-            hatched = hatched or bool(not_significant.any())
-            has_p = np.isfinite(p) & computed
-            tested, cells = tested + int(has_p.sum()), cells + int(computed.sum())
-            for i, j in zip(*np.nonzero(not_significant), strict=True):
-                ax.add_patch(
-                    Rectangle(
-                        (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", lw=0
-                    )
-                )
-            if has_p.any() and (has_p != computed).any():  # outline the tested cells
-                for i, j in zip(*np.nonzero(has_p), strict=True):
-                    ax.add_patch(
-                        Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False,
-                                  edgecolor="black", lw=1.0)
-                    )  # fmt: skip
+            n_tested, outlined = _mark_significance(ax, m.pvalue.values, computed)
+        tested += n_tested
+        if outlined:
+            outlined_tested += n_tested
+            outlined_cells += int(computed.sum())
+        if not n_tested:
+            untested.append(name)
         if max(na, nb) <= ANNOTATE_MAX:
             mid = (vmin + vmax) / 2
             for i in range(na):
@@ -176,8 +186,13 @@ def heatmap(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     notes = []
     if tested:
         note = f"hatched: permutation p >= {SIGNIFICANCE}"
-        if tested < cells:  # an unhatched cell without a p-value is untested, not significant
-            note += f"; outlined: the {tested} of {cells} cells tested (the others have no p-value)"
+        if outlined_cells:  # an unhatched cell without a p-value is untested, not significant
+            note += (
+                f"; outlined: the {outlined_tested} of {outlined_cells} cells tested "
+                "(the others have no p-value)"
+            )
+        if untested:
+            note += f"; no p-values: {', '.join(untested)}"
         notes.append(note)
     if missing:
         total = na * nb * len(names)

@@ -234,3 +234,13 @@ def test_titles_have_no_empty_line_without_sample_count_or_model_names():
     assert profile(bare, ["cka"]).axes[0].get_title() == "cka: depth-matched layer pairs"
     # with them, the second line says so
     assert heatmap(_ds(), ["cka"]).axes[0].get_title() == "cka\nn = 64 samples; m1 vs m2"
+
+
+def test_heatmap_note_does_not_claim_outlines_for_a_panel_without_p_values():
+    """cka is fully tested, wasserstein_distance has no p-values: nothing is outlined, so
+    the note must not say so, and it names the panel without p-values."""
+    fig = heatmap(_ds())
+    assert not [r for ax in fig.axes for r in ax.patches if r.get_edgecolor()[:3] == (0, 0, 0)]
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "outlined" not in notes, notes
+    assert "no p-values: wasserstein_distance" in notes, notes
