@@ -42,7 +42,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._timing import sync  # noqa: E402
-from repalign.data.masking import mask_tokens, random_patch_mask  # noqa: E402
+from repalign.data.masking import (  # noqa: E402
+    mask_tokens,
+    max_predictions,
+    prediction_positions,
+    random_patch_mask,
+)
 from repalign.models.vilbert import preset  # noqa: E402
 from repalign.train.config import LoopConfig, OptimConfig  # noqa: E402
 from repalign.train.loop import Trainer  # noqa: E402
@@ -80,6 +85,7 @@ def make_batch(vconfig, batch: int, text_len: int, device: torch.device) -> dict
         "mlm_input_ids": mlm_ids,
         "mlm_labels": mlm_labels,
         "mlm_attribute": torch.zeros_like(ids, dtype=torch.bool),
+        "mlm_positions": prediction_positions(mlm_labels, max_predictions(0.15, text_len)),
         "patch_mask": patch_mask,
         "mim_index": mim_index,
     }

@@ -5,6 +5,8 @@ Both take a numpy ``Generator`` so a collator's masks are a pure function of its
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -41,6 +43,25 @@ def mask_tokens(
     ids[to_random] = random_ids[to_random]
     labels = np.where(picked, input_ids.numpy(), IGNORE_INDEX)
     return torch.from_numpy(ids).to(input_ids.dtype), torch.from_numpy(labels).to(torch.long)
+
+
+def max_predictions(probability: float, length: int) -> int:
+    """Slots for MLM predictions per caption: ``ceil(3 * probability * length) + 1``, at
+    most ``length``. With 15% of 32 tokens that is 16 (3.3 times the expected count); a
+    rarer row with more masked tokens is scored on its first 16."""
+    return min(length, math.ceil(3 * probability * length) + 1)
+
+
+def prediction_positions(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) positions of each row's first ``k`` labelled tokens, ``-1`` in unused slots.
+
+    BERT's ``masked_lm_positions``: the MLM head then runs on k slots per caption
+    rather than on every token, with a shape known in advance (no host sync).
+    """
+    picked = labels != IGNORE_INDEX
+    k = min(k, labels.size(1))
+    order = torch.argsort((~picked).to(torch.int8), dim=1, stable=True)[:, :k]
+    return torch.where(picked.gather(1, order), order, -1)
 
 
 def random_patch_mask(

@@ -13,7 +13,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from repalign.data.base import Sample
-from repalign.data.masking import mask_tokens, random_patch_mask
+from repalign.data.masking import (
+    mask_tokens,
+    max_predictions,
+    prediction_positions,
+    random_patch_mask,
+)
 from repalign.data.synthetic import Scene, hard_negative
 from repalign.models.vilbert.preprocess import ImageTransform, stack_images, tokenize
 from repalign.train.tasks import ATTRIBUTE_WORDS, check_tasks
@@ -52,7 +57,8 @@ class PretrainCollator(_Seeded):
     ``caption_group`` (B,) equal for identical captions; with ``ap`` and scenes in
     ``meta["scene"]``: ``neg_input_ids``, ``neg_attention_mask`` (hard negatives,
     padded to the same T); with ``mlm``: ``mlm_input_ids``, ``mlm_labels`` (-100 where
-    not masked), ``mlm_attribute`` (bool, masked colour/shape words); with ``mim``:
+    not masked), ``mlm_attribute`` (bool, masked colour/shape words), ``mlm_positions``
+    (B, K) the positions the MLM head scores (-1 in unused slots); with ``mim``:
     ``patch_mask`` (B, P) bool and ``mim_index`` (B, k).
     """
 
@@ -137,6 +143,9 @@ class PretrainCollator(_Seeded):
             )
             batch["mlm_input_ids"], batch["mlm_labels"] = ids, labels
             batch["mlm_attribute"] = torch.isin(labels, self.attribute_ids)
+            batch["mlm_positions"] = prediction_positions(
+                labels, max_predictions(self.mlm_probability, labels.size(1))
+            )
             if negatives:
                 # Negatives are masked alike (else [MASK] would mark a positive), except
                 # where they differ from the positive: that word must stay readable.

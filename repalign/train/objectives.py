@@ -278,10 +278,14 @@ class PretrainModel(nn.Module):
     def _mlm(
         self, batch: Mapping[str, torch.Tensor], text: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """MLM on the first ``n`` rows (their captions were masked): text (n, T, H)."""
+        """MLM on the first ``n`` rows (their captions were masked): text (n, T, H). The
+        head runs only on the K slots of ``mlm_positions`` (BERT's masked_lm_positions)."""
         embeddings = self.vilbert.text.get_input_embeddings().weight
-        logits = self.heads["mlm"](text, embeddings).float()  # (n, T, V)
-        labels = batch["mlm_labels"][:n]
+        positions = batch["mlm_positions"][:n]  # (n, K), -1 in unused slots
+        used = positions >= 0
+        slots = positions.clamp(min=0)
+        labels = batch["mlm_labels"][:n].gather(1, slots).masked_fill(~used, IGNORE_INDEX)
+        logits = self.heads["mlm"](gather_tokens(text, slots), embeddings).float()  # (n, K, V)
         picked = labels != IGNORE_INDEX
         count = picked.sum().clamp(min=1)
         loss = (
@@ -293,7 +297,7 @@ class PretrainModel(nn.Module):
         correct = (logits.argmax(-1) == labels) & picked
         metrics = {"mlm_accuracy": correct.sum() / count}
         if "mlm_attribute" in batch:
-            attribute = batch["mlm_attribute"][:n]
+            attribute = batch["mlm_attribute"][:n].gather(1, slots) & used
             metrics["mlm_attribute_accuracy"] = (correct & attribute).sum() / attribute.sum().clamp(
                 min=1
             )

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from repalign.data.masking import IGNORE_INDEX, mask_tokens, random_patch_mask
+from repalign.data.masking import (
+    IGNORE_INDEX,
+    mask_tokens,
+    max_predictions,
+    prediction_positions,
+    random_patch_mask,
+)
 from repalign.data.synthetic import VOCABULARY
 from repalign.data.text_vocab import SPECIAL_TOKENS
 from repalign.train.collate import ClassifierCollator, PretrainCollator
@@ -112,3 +118,33 @@ def test_masked_hard_negatives_keep_the_word_that_makes_them_false(tokenizer):
     assert (masked[differs] == neg[differs]).all()
     # ...while the other words are masked like the positives' (so [MASK] marks neither)
     assert (masked == tokenizer.mask_token_id).any()
+
+
+def test_prediction_positions_are_the_first_labelled_tokens_then_minus_one():
+    labels = torch.tensor(
+        [
+            [-100, 7, -100, 9, 4, -100],
+            [-100, -100, -100, -100, -100, -100],
+            [-100, 1, 2, 3, 5, 6],
+        ]
+    )
+    positions = prediction_positions(labels, 3)
+    assert positions.tolist() == [[1, 3, 4], [-1, -1, -1], [1, 2, 3]]
+    assert prediction_positions(labels, 10).shape == (3, 6)  # never more slots than tokens
+
+
+def test_max_predictions_leaves_room_above_the_expected_count():
+    assert max_predictions(0.15, 32) == 16
+    assert max_predictions(0.15, 12) == 7
+    assert max_predictions(0.9, 4) == 4
+
+
+def test_collator_positions_are_the_first_masked_tokens(tokenizer, samples32):
+    collate = PretrainCollator(tokenizer, tasks=["mlm"], image_size=32, seed=0)
+    batch = collate(samples32)
+    labels, positions = batch["mlm_labels"], batch["mlm_positions"]
+    k = max_predictions(0.15, labels.size(1))
+    assert positions.shape == (32, k)
+    for row_labels, row_positions in zip(labels, positions, strict=True):
+        labelled = (row_labels != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert [p for p in row_positions.tolist() if p >= 0] == labelled[:k]
