@@ -7,6 +7,7 @@ augmentation) come from a numpy generator seeded per batch (see :class:`_Seeded`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,21 +72,11 @@ class PretrainCollator(_Seeded):
         mlm_probability: float = 0.15,
         mim_probability: float = 0.25,
         patch_size: int | None = None,
-        augment: bool = False,
-        seed: int = 0,
-        max_length: int = 32,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        **common: Any,
     ) -> None:
-        super().__init__(
-            tokenizer,
-            image_size=image_size,
-            augment=augment,
-            seed=seed,
-            max_length=max_length,
-            mean=mean,
-            std=std,
-        )
+        """``common``: ``augment``, ``seed``, ``max_length``, ``mean``, ``std`` of
+        :class:`_Seeded` (every collator's)."""
+        super().__init__(tokenizer, image_size=image_size, **common)
         self.tasks = check_tasks(tasks)
         self.mlm_probability, self.mim_probability = mlm_probability, mim_probability
         self.num_patches = None
