@@ -344,9 +344,10 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _metric_scores(
-    req: MetricRequest, score: np.ndarray, stats: dict[str, np.ndarray]
+def metric_scores(
+    req: MetricRequest, score: np.ndarray, stats: dict[str, np.ndarray] | None = None
 ) -> MetricScores:
+    """The score-file entry of one requested metric: its grid of scores and statistics."""
     from repalign.metrics import get_metric
 
     spec = get_metric(req.name)
@@ -357,7 +358,7 @@ def _metric_scores(
         bounds=(float(spec.bounds[0]), float(spec.bounds[1])),
         higher_is_more_similar=spec.higher_is_more_similar,
         score=score,
-        stats=stats,
+        stats=dict(stats or {}),
     )
 
 
@@ -505,7 +506,7 @@ def compare(
         else None,
         progress=progress,
     )
-    metric_scores = [_metric_scores(req, score, stats) for req, score, stats in results]
+    scored = [metric_scores(req, score, stats) for req, score, stats in results]
     config = run_config(
         [Path(f) for f in files],
         requests,
@@ -529,4 +530,4 @@ def compare(
         seed=seed,
         config=config,
     )
-    return scores_dataset(side_a.axis, side_b.axis, metric_scores, attrs)
+    return scores_dataset(side_a.axis, side_b.axis, scored, attrs)

@@ -35,13 +35,14 @@ from repalign._numerics import check_compute_dtype, check_matrix
 from repalign.compare import (
     MetricRequest,
     align_sample_ids,
+    metric_scores,
     provenance_attrs,
     run_config,
     select_layers,
 )
-from repalign.metrics import StreamingCCA, StreamingCKA, get_metric
+from repalign.metrics import StreamingCCA, StreamingCKA
 from repalign.store import schema
-from repalign.store.scores import LayerAxis, MetricScores, scores_dataset
+from repalign.store.scores import LayerAxis, scores_dataset
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def streaming_compare(
     finally:
         side_a.ds.close()
 
-    metric_scores = []
+    scored = []
     for req in requests:
         cls = STREAMING_METRICS[req.name][0]
         score = np.array(
@@ -243,19 +244,9 @@ def streaming_compare(
                 for a in side_a.axis.names
             ]
         )
-        spec = get_metric(req.name)
-        metric_scores.append(
-            MetricScores(
-                label=req.label,
-                name=req.name,
-                params=dict(req.options),
-                bounds=(float(spec.bounds[0]), float(spec.bounds[1])),
-                higher_is_more_similar=spec.higher_is_more_similar,
-                score=score,
-            )
-        )
+        scored.append(metric_scores(req, score))
     attrs = _provenance(files, requests, side_a, side_b, n, layers_a, layers_b, chunk_size, dev)
-    return scores_dataset(side_a.axis, side_b.axis, metric_scores, attrs)
+    return scores_dataset(side_a.axis, side_b.axis, scored, attrs)
 
 
 def _accumulate(
