@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repalign._tensors import to_device
 from repalign.data.base import Sample
 from repalign.extract.hooks import record, select_layers
 from repalign.extract.loader import BatchLoader
@@ -95,16 +96,6 @@ def check_output(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
             f"the folder of --out ({out.parent}) does not exist; create it first"
         )
     return out
-
-
-def _to_device(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point():
-            return obj.to(device=device, dtype=dtype, non_blocking=True)
-        return obj.to(device=device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device, dtype) for k, v in obj.items()}
-    return obj
 
 
 def _check_resume(
@@ -286,7 +277,7 @@ def extract(
                 if skipped_changed or batch.skipped:  # rewriting it every batch would be O(n^2)
                     progress[schema.SKIPPED_JSON] = json.dumps(skipped)
                 if batch.sample_ids:
-                    inputs = _to_device(batch.inputs, device, dtype)
+                    inputs = to_device(batch.inputs, device, dtype)
                     feats = rec.run(
                         lambda inputs=inputs: adapter.forward(inputs),
                         masks=adapter.token_masks(inputs),

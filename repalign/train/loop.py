@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from repalign import distributed
+from repalign._tensors import to_device
 from repalign.train.batches import BatchStream, batch_loader
 from repalign.train.checkpoint import (
     CheckpointError,
@@ -40,7 +41,7 @@ from repalign.train.checkpoint import (
     save_checkpoint,
 )
 from repalign.train.config import LoopConfig, OptimConfig, save_config
-from repalign.train.prefetch import DevicePrefetcher, to_device
+from repalign.train.prefetch import DevicePrefetcher
 from repalign.train.runlog import RunLog
 from repalign.train.schedule import lr_factor, param_groups
 

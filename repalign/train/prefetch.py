@@ -8,37 +8,20 @@ on a side stream while the previous step computes, they cost the step nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from repalign._tensors import map_tensors, to_device
+
 _END = object()
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` (tensors, or mappings/lists/tuples of them) on ``device``, copied
-    asynchronously from pinned memory."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def _record_stream(batch: Any, stream: torch.cuda.Stream) -> None:
     """Tell the caching allocator that ``stream`` uses these tensors (they were allocated
     on the copy stream; without this their memory could be reused too early)."""
-    if isinstance(batch, torch.Tensor):
-        batch.record_stream(stream)
-    elif isinstance(batch, Mapping):
-        for v in batch.values():
-            _record_stream(v, stream)
-    elif isinstance(batch, list | tuple):
-        for v in batch:
-            _record_stream(v, stream)
+    map_tensors(batch, lambda t: t.record_stream(stream))
 
 
 class DevicePrefetcher:

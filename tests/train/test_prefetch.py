@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repalign.train.prefetch import DevicePrefetcher, to_device
+from repalign._tensors import to_device
+from repalign.train.prefetch import DevicePrefetcher
 
 
 def _batches(n: int):
