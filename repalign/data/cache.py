@@ -23,14 +23,14 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from repalign._progress import progress_bar
 from repalign.data.base import Sample
 from repalign.data.synthetic import Scene
 
@@ -132,17 +132,20 @@ def _write_images(
     array = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size, 3))
     skipped = [tuple(s) for s in getattr(dataset, "skipped", ())]
     kept = 0
-    with (tmp / INDEX).open("w") as index, _progress(progress, n) as advance:
+    with (
+        (tmp / INDEX).open("w") as index,
+        progress_bar("caching images", n, enabled=progress) as update,
+    ):
         for i in range(n):
             try:
                 sample = dataset[i]
             except UnreadableImage as err:
                 skipped.append((err.sample_id, err.reason))
-                advance()
+                update(i + 1)
                 continue
             if sample.image is None:
                 skipped.append((sample.sample_id, "no image"))
-                advance()
+                update(i + 1)
                 continue
             array[kept] = resize_image(sample.image, size)
             record = {
@@ -153,7 +156,7 @@ def _write_images(
             }
             index.write(json.dumps(record) + "\n")
             kept += 1
-            advance()
+            update(i + 1)
     array.flush()
     del array
     # Trim the file to the images actually kept (skips leave a tail).
@@ -252,15 +255,3 @@ class CachedImages(Sequence[Sample]):
     @property
     def skipped(self) -> Sequence[tuple[str, str]]:
         return tuple(self._skipped)
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import Progress
-
-    with Progress() as progress:
-        task = progress.add_task("caching images", total=total)
-        yield lambda: progress.advance(task)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repalign._progress import progress_bar
 from repalign._tensors import to_device
 from repalign.data.base import Sample
 from repalign.extract.hooks import record, select_layers
@@ -266,7 +266,7 @@ def extract(
     finished = False
     try:
         with record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
-                torch.no_grad(), _progress(cfg.progress, n_total, start - lo, out.name) as advance:  # fmt: skip
+                torch.no_grad(), progress_bar(f"extract {out.name}", n_total, start=start - lo, enabled=cfg.progress) as advance:  # fmt: skip
             skipped_changed = True  # the file gets the list with its first batch
             # a file exists, or is queued to be opened, once a batch with samples is submitted;
             # the writer thread sets writer.file only when it gets to that batch
@@ -311,24 +311,3 @@ def extract(
     return ExtractResult(
         out, [i.name for i in layers], n_written, n_total, skipped, seconds, finished
     )
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, start: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar over dataset positions yielding ``advance(position)`` (a no-op
-    when disabled)."""
-    if not enabled:
-        yield lambda position: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("extract {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=False) as bar:  # fmt: skip
-        task = bar.add_task(label, total=total, completed=start)
-        yield lambda position: bar.update(task, completed=position)

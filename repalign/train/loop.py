@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from repalign import distributed
+from repalign._progress import progress_bar
 from repalign._tensors import to_device
 from repalign.train.batches import BatchStream, batch_loader
 from repalign.train.checkpoint import (
@@ -320,8 +321,11 @@ class Trainer:
         self._started = t0
         rng = capture_rng_state()
         try:
-            with _progress(
-                self.loop.progress and self.is_main, self.loop.steps, self.step
+            with progress_bar(
+                "train",
+                self.loop.steps,
+                start=self.step,
+                enabled=self.loop.progress and self.is_main,
             ) as advance:
                 while self.step < self.loop.steps and not self.stopped_early:
                     rng = capture_rng_state()  # the state a resumed run must start this step from
@@ -338,9 +342,10 @@ class Trainer:
                     if self.step % self.loop.log_every == 0 or last:
                         record = self._flush(window, pairs, time.perf_counter() - t0)
                         pairs, t0 = 0, time.perf_counter()
-                        advance(self.step, record.get("loss"))
+                        loss = record.get("loss")
+                        advance(self.step, None if loss is None else f"loss {loss:.4f}")
                     else:
-                        advance(self.step, None)
+                        advance(self.step)
                     if not last:
                         self.run_periodic()
                         if self.monitor is not None and any(
@@ -421,35 +426,3 @@ def start_run(config: Any) -> Path:
         save_config(config, out / "config.yaml")
     seed_everything(config.loop.seed)  # model initialisation is part of the run
     return out
-
-
-@contextlib.contextmanager
-def _progress(
-    enabled: bool, total: int, start: int
-) -> Iterator[Callable[[int, float | None], None]]:
-    if not enabled:
-        yield lambda step, loss: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as progress:
-        task = progress.add_task("train", total=total, completed=start, loss="")
-
-        def advance(step: int, loss: float | None) -> None:
-            fields = {"loss": f"loss {loss:.4f}"} if loss is not None else {}
-            progress.update(task, completed=step, **fields)
-
-        yield advance
