@@ -71,7 +71,7 @@ def compare_cmd(
         False, "--unbiased", help="Unbiased HSIC estimator for the metrics that take it."
     ),
     permutations: int = typer.Option(
-        0, "--permutations", min=0, help="Permutation null per layer pair (adds pvalue, null_mean)."
+        0, "--permutations", min=0, help="Permutation null per layer pair (adds pvalue, null_mean, null_std)."
     ),
     bootstrap: int = typer.Option(
         0, "--bootstrap", min=0, help="Bootstrap resamples per layer pair (adds ci_low, ci_high)."
