@@ -14,8 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from repalign._tensors import map_tensors
 from repalign.data.base import Sample
 from repalign.data.captions import UnreadableImage
 from repalign.models.base import Adapter
@@ -76,7 +75,7 @@ class BatchLoader:
             with self._collate_lock:
                 inputs = self.adapter.collate(samples)
         if self.pin_memory:  # in this worker thread, so the host-to-device copy can be async
-            inputs = _pinned(inputs)
+            inputs = map_tensors(inputs, lambda t: t if t.is_pinned() else t.pin_memory())
         return Batch([s.sample_id for s in samples], inputs, end, skipped)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -96,11 +95,3 @@ class BatchLoader:
                 yield batch
         finally:  # also when the consumer stops early (error, Ctrl-C)
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _pinned(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj if obj.is_pinned() else obj.pin_memory()
-    if isinstance(obj, dict):
-        return {k: _pinned(v) for k, v in obj.items()}
-    return obj

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from repalign.data.base import Sample
+from repalign.provenance import sha256_file
 
 Stream = Literal["text", "vision", "fused"]
 TokenKind = Literal["text", "vision"]
@@ -186,11 +187,11 @@ def sha256_of_path(path: str | Path, *, chunk: int = 1 << 20) -> str:
     p = Path(path)
     if not p.exists():
         return ""
+    if p.is_file():
+        return sha256_file(p, chunk)
     digest = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    for f in files:
-        if p.is_dir():
-            digest.update(str(f.relative_to(p)).encode())
+    for f in sorted(f for f in p.rglob("*") if f.is_file()):
+        digest.update(str(f.relative_to(p)).encode())
         with f.open("rb") as fh:
             while block := fh.read(chunk):
                 digest.update(block)

@@ -18,7 +18,6 @@ interruption never leaves a half-written checkpoint under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from repalign.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- save
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dedupe_shared(
     state_dict: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -148,7 +141,11 @@ def save_checkpoint(
     if trainer_state is not None:
         torch.save(dict(trainer_state), tmp / STATE)
         files.append(STATE)
-    manifest = {"format": FORMAT, "version": VERSION, "files": {f: _sha256(tmp / f) for f in files}}
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "files": {f: sha256_file(tmp / f) for f in files},
+    }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     old = path.with_name(f".{path.name}.old")
     if path.exists():
@@ -199,7 +196,7 @@ def verify_checkpoint(path: str | Path) -> Path:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CheckpointError(
                 f"checkpoint file {file} is corrupted (sha256 differs from the manifest); "
                 "use an earlier checkpoint under RUN/checkpoints/ or retrain"
