@@ -124,7 +124,7 @@ def load_side(
             if var.ndim != 2:
                 raise ValueError(
                     f"layer {name!r} of {path} has dims {var.dims} (unpooled tokens); compare "
-                    "needs one vector per sample: extract with --pooling mean or cls"
+                    "needs one vector per sample: extract with --pool mean or cls"
                 )
             arrays[name] = np.asarray(var.values, dtype=np.float32)
             streams.append(str(var.attrs.get("stream", "unknown")))

@@ -34,6 +34,7 @@ from rich.progress import Progress
 from repalign._numerics import check_compute_dtype, check_matrix
 from repalign.compare import (
     MetricRequest,
+    _device,
     align_sample_ids,
     metric_scores,
     provenance_attrs,
@@ -87,8 +88,8 @@ class GridMoments:
             raise ValueError(f"layers of one chunk have different row counts {sorted(counts)}")
         for i, a in enumerate(self.names_a):
             for j, b in enumerate(self.names_b):
-                if self.same and j < i:
-                    continue  # (b, a) is the transpose of (a, b)
+                if self.same and j <= i:
+                    continue  # (b, a) is the transpose of (a, b); (a, a) is the layer's XᵀX
                 xa, yb = rows[("a", a)], rows[(side_b, b)]
                 prod = xa.T @ yb
                 self.cross[(a, b)] = self.cross[(a, b)] + prod if (a, b) in self.cross else prod
@@ -116,7 +117,10 @@ class GridMoments:
         """
         side_b = "a" if self.same else "b"
         ma, mb = self.layers[("a", a)], self.layers[(side_b, b)]
-        cross = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
+        if self.same and a == b:
+            cross = ma.g
+        else:
+            cross = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
         return cls.from_moments(
             self.n, (ma.shift, mb.shift), (ma.s, mb.s), ma.g, mb.g, cross, dtype=self.dtype
         )
@@ -213,9 +217,7 @@ def streaming_compare(
     if not requests:
         raise ValueError("no metric given; pass at least one (e.g. --metric cka)")
     check_streamable(requests)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is visible; use cpu")
+    dev = _device(device)
 
     side_a = _open_side(files[0], layers_a, allow_incomplete=allow_incomplete)
     try:

@@ -216,5 +216,5 @@ def test_unpooled_token_features_are_refused(tmp_path):
         attrs={"complete": 1, "n_written": 6},
     )
     ds.to_netcdf(tmp_path / "tok.nc")
-    with pytest.raises(ValueError, match="unpooled tokens.*--pooling mean or cls"):
+    with pytest.raises(ValueError, match="unpooled tokens.*--pool mean or cls"):
         compare([tmp_path / "tok.nc"], ["cka"], progress=False)
