@@ -15,13 +15,9 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from repalign.cli._errors import fail
+
 log = logging.getLogger(__name__)
-_err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
 
 
 def metric_requests(names: list[str], flags: dict[str, Any]) -> list[Any]:
@@ -71,7 +67,10 @@ def compare_cmd(
         False, "--unbiased", help="Unbiased HSIC estimator for the metrics that take it."
     ),
     permutations: int = typer.Option(
-        0, "--permutations", min=0, help="Permutation null per layer pair (adds pvalue, null_mean, null_std)."
+        0,
+        "--permutations",
+        min=0,
+        help="Permutation null per layer pair (adds pvalue, null_mean, null_std).",
     ),
     bootstrap: int = typer.Option(
         0, "--bootstrap", min=0, help="Bootstrap resamples per layer pair (adds ci_low, ci_high)."
@@ -103,7 +102,7 @@ def compare_cmd(
     from repalign.store.scores import check_scores_path, write_scores
 
     if len(files) > 2:
-        raise _fail(f"compare takes one or two feature files, got {len(files)}")
+        raise fail(f"compare takes one or two feature files, got {len(files)}")
     flags: dict[str, Any] = {}
     if k is not None:
         flags["k"] = k
@@ -117,7 +116,7 @@ def compare_cmd(
             )
         check_scores_path(out, overwrite=overwrite)
     except (ValueError, TypeError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         if streaming:
             scores = _streaming(files, requests, layers_a, layers_b, chunk_size=chunk_size,
@@ -137,7 +136,7 @@ def compare_cmd(
                 allow_incomplete=allow_incomplete,
             )
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     write_scores(scores, out, overwrite=overwrite)
     Console().print(
         f"wrote {out}: {scores.sizes['metric']} metric(s) x {scores.sizes['layer_a']} x "
@@ -182,7 +181,7 @@ def plot_cmd(
         ds = open_scores(scores)
         plot_scores(ds, out, kind=kind, metrics=metric or None)
     except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     Console().print(f"wrote {out}", highlight=False)
 
 

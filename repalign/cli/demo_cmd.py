@@ -7,12 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-_err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
+from repalign.cli._errors import fail
 
 
 def demo(
@@ -28,11 +23,11 @@ def demo(
 
     # checked here, before minutes of training, not as a traceback from deep inside it
     if out.exists() and not out.is_dir():
-        raise _fail(f"--out {out} is a file; the demo writes a folder of results: give a folder")
+        raise fail(f"--out {out} is a file; the demo writes a folder of results: give a folder")
     try:
         resolved = resolve_device(device)
     except RuntimeError as exc:
-        raise _fail(f"--device {device} cannot be used ({exc}); use cpu, cuda or auto") from None
+        raise fail(f"--device {device} cannot be used ({exc}); use cpu, cuda or auto") from None
     cfg = demo_mod.DemoConfig.quick_config(out) if quick else demo_mod.DemoConfig(out=out)
     cfg.device = str(resolved)
     result = demo_mod.run_demo(cfg)

@@ -16,13 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from repalign.cli._errors import fail, stderr
+
 log = logging.getLogger(__name__)
-_err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
 
 
 def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
@@ -31,7 +27,7 @@ def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--model-arg takes KEY=VALUE (e.g. img_size=64), got {item!r}")
+            raise fail(f"--model-arg takes KEY=VALUE (e.g. img_size=64), got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -52,14 +48,14 @@ def _load_adapter(
     try:
         cls = get_adapter(model)
     except KeyError as exc:
-        raise _fail(str(exc.args[0])) from None
+        raise fail(str(exc.args[0])) from None
     options = _parse_model_args(model_args)
     if max_length is not None and model in ("hf-text", "bert-vit"):
         options["max_length"] = max_length
     try:
         return cls.load(ckpt=ckpt, text_model=text_model, vision_model=vision_model, **options)
     except (ValueError, FileNotFoundError, TypeError) as exc:
-        raise _fail(f"cannot load model {model!r}: {exc}") from None
+        raise fail(f"cannot load model {model!r}: {exc}") from None
 
 
 _CKPT = typer.Option(
@@ -111,7 +107,7 @@ def layers(
     try:
         chosen = select_layers(adapter.layers(), pattern)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(title=f"layers of {model}")
     for col in ("name", "module path", "stream", "depth", "relative depth"):
         table.add_column(col)
@@ -180,7 +176,7 @@ def extract(
             )
         dataset = load_dataset(data, images=images)
     except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     adapter = _load_adapter(model, ckpt, text_model, vision_model, model_arg, max_length)
     config = ExtractConfig(
         layers=layer or None, pool=pool, dtype=dtype, batch_size=batch_size, workers=workers, device=device,
@@ -190,12 +186,12 @@ def extract(
     try:
         result = run_extract(adapter, dataset, out, config)
     except KeyboardInterrupt:
-        _err.print(
+        stderr.print(
             f"interrupted; the batches written are kept: rerun with --resume to finish {out}"
         )
         raise typer.Exit(130) from None
     except (ValueError, FileExistsError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if result.already_complete:
         Console().print(f"{out} is already complete ({result.n_written} samples); nothing to do")
         return
@@ -239,7 +235,7 @@ def info(
     try:
         ds = open_features(path)
     except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console = Console(width=200)
     with ds:
         a = ds.attrs

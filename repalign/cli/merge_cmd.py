@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-_err = Console(stderr=True)
+from repalign.cli._errors import fail
 
 
 def merge_cmd(
@@ -33,8 +33,7 @@ def merge_cmd(
         paths = expand_paths(shards)
         write_merged(paths, out, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     Console().print(f"merged {len(paths)} shards into {out}", highlight=False)
 
 

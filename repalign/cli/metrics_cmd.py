@@ -44,7 +44,8 @@ def metrics_demo(
     z = torch.randn(n, 8, generator=g, dtype=torch.float64)
     base = z @ torch.randn(8, 64, generator=g, dtype=torch.float64)
     layers = {
-        "rotated copy": base @ torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64))[0],
+        "rotated copy": base
+        @ torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64))[0],
         "noisy (SNR 1)": base + base.std() * torch.randn(n, 64, generator=g, dtype=torch.float64),
         "nonlinear": torch.tanh(z @ torch.randn(8, 48, generator=g, dtype=torch.float64)),
         "unrelated": torch.randn(n, 64, generator=g, dtype=torch.float64),

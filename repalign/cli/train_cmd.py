@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from repalign.cli._errors import fail
+
 log = logging.getLogger(__name__)
 
 train_app = typer.Typer(help="Pretrain or fine-tune the in-package ViLBERT.", no_args_is_help=True)
@@ -46,11 +48,6 @@ def _data_overrides(data: str | None) -> list[str]:
     if Path(data).is_dir() and (Path(data) / "cache.json").is_file():
         return [f"data.cache={data}"]
     return [f"data.name={data}"]
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def pretrain(
@@ -95,7 +92,7 @@ def pretrain(
         )
         result = run_pretraining(cfg, resume=resume)
     except (ValueError, FileNotFoundError, KeyError) as err:
-        _fail(err)
+        raise fail(err) from None
     if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
@@ -129,7 +126,7 @@ def finetune(
         cfg = load_config(FinetuneConfig, config, [*flags, *(overrides or [])])
         result = run_finetuning(cfg, resume=resume)
     except (ValueError, FileNotFoundError, KeyError) as err:
-        _fail(err)
+        raise fail(err) from None
     if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
@@ -146,7 +143,7 @@ def plot_training(
     try:
         path = draw(run_dir, out)
     except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+        raise fail(err) from None
     typer.echo(str(path))
 
 
@@ -174,7 +171,7 @@ def cache(
             dataset = load_dataset(data, images=images)
         path = build_cache(dataset, out, size=size, source=data)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
+        raise fail(err) from None
     typer.echo(str(path))
 
 

@@ -1,0 +1,14 @@
+"""How every CLI verb reports a user error: one red line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+stderr = Console(stderr=True)
+
+
+def fail(message: object) -> typer.Exit:
+    """Print ``error: message`` to stderr and return the exit to raise (``raise fail(...)``)."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
