@@ -82,6 +82,8 @@ def build_cache(
     header_path = out / HEADER
     if header_path.is_file():
         header = json.loads(header_path.read_text())
+        if header.get("complete") and header.get("n", 0) == 0:
+            raise _empty_cache(out, len(header.get("skipped", [])))
         if header.get("complete") and header.get("size") == size and header.get("source") == source:
             log.info("cache %s already holds %d images of %s; reusing it", out, header["n"], source)
             return out
@@ -179,6 +181,14 @@ def _nothing_readable(skipped: Sequence[tuple[str, str]], source: str) -> str:
     )
 
 
+def _empty_cache(path: Path, n_skipped: int) -> ValueError:
+    """An empty cache (older versions wrote one when no image was readable) is unusable."""
+    return ValueError(
+        f"the cache at {path} holds no images ({n_skipped} sample(s) were skipped as "
+        "unreadable); fix the images, delete it and build it again"
+    )
+
+
 class CachedImages(Sequence[Sample]):
     """The samples of a cache; images come from the memory map, no decoding."""
 
@@ -198,10 +208,7 @@ class CachedImages(Sequence[Sample]):
         self.source: str = header.get("source", "")
         self._skipped = [tuple(s) for s in header.get("skipped", [])]
         if self.n == 0:  # only older versions wrote these; build_cache now refuses
-            raise ValueError(
-                f"the cache at {self.path} holds no images ({len(self._skipped)} sample(s) were "
-                "skipped as unreadable); fix the images, delete it and build it again"
-            )
+            raise _empty_cache(self.path, len(self._skipped))
         expected = self.n * self.size * self.size * 3
         actual = (self.path / IMAGES).stat().st_size
         if actual != expected:

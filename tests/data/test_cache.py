@@ -117,3 +117,6 @@ def test_empty_cache_from_an_older_build_is_a_clear_error(tmp_path):
     (tmp_path / "c" / "cache.json").write_text(json.dumps(header))
     with pytest.raises(ValueError, match="holds no images .1 sample.s. were skipped"):
         CachedImages(tmp_path / "c")
+    # building with the same settings must not reuse it as a finished cache
+    with pytest.raises(ValueError, match="holds no images"):
+        build_cache(SyntheticCaptions(4, image_size=16), tmp_path / "c", size=16, progress=False)
