@@ -164,11 +164,13 @@ def extract(
     import torch
 
     from repalign.data.loading import load_dataset
-    from repalign.extract.run import ExtractConfig, check_output
+    from repalign.extract.run import ExtractConfig, check_output, shard_range
     from repalign.extract.run import extract as run_extract
 
     try:
         shard, out, device = _torchrun_shard(shard, out, device)
+        if shard:  # checked before the model loads
+            shard_range(0, shard)
         check_output(out, resume=resume, overwrite=overwrite)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(

@@ -145,15 +145,12 @@ def shard_range(n: int, shard: str | None) -> tuple[int, int]:
     """Dataset positions ``[start, stop)`` of shard ``"K/N"`` of ``n`` (all of them for None)."""
     if not shard:
         return 0, n
-    try:
-        k, total = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard takes K/N (e.g. 0/4), got {shard!r}") from None
-    if not (total >= 1 and 0 <= k < total):
-        raise ValueError(f"--shard {shard}: need 0 <= K < N")
     from repalign.distributed import shard_range as part
 
-    return part(n, k, total)
+    try:
+        return part(n, *schema.parse_shard(shard))
+    except ValueError as exc:
+        raise ValueError(f"--shard: {exc}") from None
 
 
 def _file_attrs(adapter: Adapter, cfg: ExtractConfig, how: str, n_total: int) -> dict[str, Any]:

@@ -69,13 +69,12 @@ def shard_index(attrs: dict[str, Any], path: Path) -> tuple[int, int]:
     """``(K, N)`` from a shard file's ``shard`` attr ``"K/N"``."""
     spec = str(attrs.get(schema.SHARD, ""))
     try:
-        k, n = (int(x) for x in spec.split("/"))
+        return schema.parse_shard(spec)
     except ValueError:
         raise ValueError(
             f"{path} is not a shard file (its {schema.SHARD!r} attr is {spec!r}, not K/N); "
             "only the files of one `repalign extract --shard K/N` (or torchrun) run can be merged"
         ) from None
-    return k, n
 
 
 def _ordered_shards(paths: Sequence[Path]) -> list[tuple[Path, xr.Dataset]]:

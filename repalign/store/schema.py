@@ -61,3 +61,14 @@ N_TOTAL = "n_total"  # dataset positions the run covers (len(dataset), or --limi
 SKIPPED_JSON = "skipped_json"  # JSON list of [sample_id, reason] for samples that could not be read
 PROGRESS_FEATURE_ATTRS = (N_WRITTEN, NEXT_INDEX, N_TOTAL, SKIPPED_JSON)
 SHARD = "shard"  # "K/N" when the file holds shard K of N of a sharded extraction, else ""
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``(K, N)`` from a shard spec ``"K/N"``; ValueError unless ``0 <= K < N``."""
+    try:
+        k, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"a shard is K/N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"shard {spec}: need 0 <= K < N")
+    return k, n
