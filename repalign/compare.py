@@ -398,7 +398,7 @@ def provenance_attrs(
 
     ``files`` may hold shard globs; every matching file is listed and hashed.
     """
-    from repalign.store.merge import expand_paths
+    from repalign.store.paths import expand_paths
 
     paths = [p for f in files for p in expand_paths(f)]
     return {

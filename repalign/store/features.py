@@ -25,6 +25,7 @@ import xarray as xr
 
 from repalign.models.base import LayerInfo
 from repalign.store import schema
+from repalign.store.paths import is_pattern
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,7 @@ def open_features(
     shard files of a sharded extraction as one lazy Dataset
     (:func:`repalign.store.merge.open_merged`; every shard must be complete).
     """
-    if not isinstance(path, str | Path) or (
-        not Path(path).exists() and set("*?[") & set(str(path))
-    ):
+    if not isinstance(path, str | Path) or (not Path(path).exists() and is_pattern(path)):
         from repalign.store.merge import open_merged
 
         return open_merged(path)

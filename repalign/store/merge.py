@@ -17,7 +17,6 @@ dtype and layers), and no sample id in two shards.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -31,38 +30,13 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from repalign.store import schema
+from repalign.store.paths import PathsLike, expand_paths
 
 log = logging.getLogger(__name__)
 
 #: global attrs that must agree between the shards of one extraction
 SAME_IN_EVERY_SHARD = ("model", "checkpoint_sha256", "dataset", "pooling", "compute_dtype")
 _FILL = np.float32(np.nan)
-_GLOB_CHARS = set("*?[")
-
-PathsLike = str | Path | Sequence[str | Path]
-
-
-def expand_paths(paths: PathsLike) -> list[Path]:
-    """A path, a glob pattern (``feats.shard*of4.nc``) or a list of either, as existing files.
-
-    Patterns expand in sorted order; one that matches nothing is an error.
-    """
-    items = [paths] if isinstance(paths, str | Path) else list(paths)
-    out: list[Path] = []
-    for item in items:
-        text = str(item)
-        if _GLOB_CHARS & set(text):
-            hits = sorted(glob.glob(text))
-            if not hits:
-                raise FileNotFoundError(
-                    f"no file matches {text!r}; check the pattern (e.g. 'feats.shard*of4.nc')"
-                )
-            out += [Path(h) for h in hits]
-        else:
-            out.append(Path(item))
-    if not out:
-        raise ValueError("no shard file given")
-    return out
 
 
 def shard_index(attrs: dict[str, Any], path: Path) -> tuple[int, int]:

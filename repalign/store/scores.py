@@ -21,7 +21,6 @@ the file; ``open_scores(path).sel(metric="cka").score.plot()`` works in a notebo
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from repalign.store.paths import expand_paths
 from repalign.store.schema import LAYER_A, LAYER_B, METRIC_DIM
 
 log = logging.getLogger(__name__)
@@ -246,14 +246,7 @@ def write_scores(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: boo
 
 
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    out: list[Path] = []
-    for item in items:
-        text = os.fspath(item)
-        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
-        if not matches:
-            raise FileNotFoundError(f"no score files match {text!r}")
-        out.extend(Path(m) for m in matches)
+    out = expand_paths(paths, what="score")
     for p in out:
         if not p.is_file():
             raise FileNotFoundError(
