@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from repalign._progress import progress_bar
 from repalign.store import schema
-from repalign.store.paths import PathsLike, expand_paths
+from repalign.store.paths import PathsLike, atomic_path, expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def write_merged(
 ) -> Path:
     """Merge shard files into one feature file, ``chunk_size`` samples in memory at a time.
 
-    The file is written under ``OUT.partial`` and renamed when complete, so an
+    The file is written under ``.OUT.partial`` and renamed when complete, so an
     interrupted merge never leaves a file that looks finished.
     """
     import netCDF4
@@ -242,12 +242,15 @@ def write_merged(
     parts = _ordered_shards(shard_paths)
     first_shard = parts[0][0]
     merged = _merge_opened(parts)
-    tmp = out.with_name(out.name + ".partial")
     try:
-        with netCDF4.Dataset(first_shard) as src, netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+        with (
+            atomic_path(out) as tmp,
+            netCDF4.Dataset(first_shard) as src,
+            netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc,
+        ):
             _create_like(src, merged, nc)
             n = merged.sizes[schema.SAMPLE_DIM]
-            with _bar(progress, n, out.name) as advance:
+            with progress_bar(f"merge {out.name}", n, enabled=progress) as advance:
                 for lo in range(0, n, chunk_size):
                     hi = min(lo + chunk_size, n)
                     for name in merged.data_vars:
@@ -258,10 +261,6 @@ def write_merged(
                     nc.setncatts({schema.N_WRITTEN: hi})
                     advance(hi)
             nc.setncatts({"complete": 1})
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         merged.close()
     log.info("merged %d shards (%d samples) into %s", len(shard_paths), n, out)
@@ -291,16 +290,3 @@ def _create_like(src: Any, merged: xr.Dataset, nc: Any) -> None:
         new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
     attrs = {**merged.attrs, "complete": 0, schema.N_WRITTEN: 0}
     nc.setncatts(attrs)
-
-
-@contextmanager
-def _bar(enabled: bool, total: int, name: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar (or nothing) yielding ``advance(samples_done)``."""
-    if not enabled:
-        yield lambda done: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as prog:
-        task = prog.add_task(f"merging {name}", total=total)
-        yield lambda done: prog.update(task, completed=done)

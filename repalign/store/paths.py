@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PathsLike = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
@@ -37,3 +38,16 @@ def expand_paths(paths: PathsLike, *, what: str = "shard") -> list[Path]:
     if not out:
         raise ValueError(f"no {what} file given")
     return out
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (``.NAME.partial``) to write; it replaces
+    ``path`` when the block ends and is removed if the block fails, so an interrupted
+    write never leaves a truncated file, nor one that looks finished."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

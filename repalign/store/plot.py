@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from repalign._suggest import did_you_mean
+from repalign.store.paths import atomic_path
 from repalign.store.schema import METRIC_DIM
 from repalign.store.scores import from_one_file, layer_axis
 
@@ -324,12 +325,8 @@ def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     if suffix not in ("png", "svg", "pdf"):
         raise ValueError(f"cannot write {path}: use a .png, .svg or .pdf file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from repalign.store.paths import expand_paths
+from repalign.store.paths import atomic_path, expand_paths
 from repalign.store.schema import LAYER_A, LAYER_B, METRIC_DIM
 
 log = logging.getLogger(__name__)
@@ -234,13 +234,8 @@ def write_scores(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: boo
     path = check_scores_path(path, overwrite=overwrite)
     _check_attrs(ds.attrs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("wrote scores to %s", path)
     return path
 

@@ -74,7 +74,7 @@ def test_write_merged_file_equals_unsharded(extraction):
     out = write_merged(shards, tmp / "merged.nc", chunk_size=5, overwrite=True)
     full, merged = _load(open_features(tmp / "full.nc")), _load(open_features(out))
     _assert_same_features(full, merged)
-    assert not (tmp / "merged.nc.partial").exists()
+    assert not (tmp / ".merged.nc.partial").exists()
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_merged(shards, out)
 
