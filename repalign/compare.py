@@ -344,6 +344,24 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def parse_requests(
+    metrics: Sequence[str | tuple[str, Mapping[str, Any]] | MetricRequest],
+) -> list[MetricRequest]:
+    """The requested metrics, checked before any file is read: at least one, no label
+    twice, every name and option known to the registry."""
+    from repalign.metrics import get_metric
+
+    requests = [MetricRequest.parse(m) for m in metrics]
+    if not requests:
+        raise ValueError("no metric given; pass at least one (e.g. --metric cka)")
+    labels = [r.label for r in requests]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"the same metric with the same options is listed twice: {labels}")
+    for r in requests:
+        get_metric(r.name).check_options(dict(r.options))
+    return requests
+
+
 def metric_scores(
     req: MetricRequest, score: np.ndarray, stats: dict[str, np.ndarray] | None = None
 ) -> MetricScores:
@@ -449,16 +467,7 @@ def compare(
     for name, value in (("permutations", permutations), ("bootstrap", bootstrap)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    requests = [MetricRequest.parse(m) for m in metrics]
-    if not requests:
-        raise ValueError("no metric given; pass at least one (e.g. --metric cka)")
-    labels = [r.label for r in requests]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"the same metric with the same options is listed twice: {labels}")
-    from repalign.metrics import get_metric
-
-    for r in requests:  # fail on a bad name or option before reading any file
-        get_metric(r.name).check_options(dict(r.options))
+    requests = parse_requests(metrics)
     dev = _device(device)
 
     side_a = load_side(files[0], layers_a, allow_incomplete=allow_incomplete)
@@ -491,7 +500,7 @@ def compare(
         len(xs),
         len(ys or xs),
         len(ids),
-        ", ".join(labels),
+        ", ".join(r.label for r in requests),
     )
     results = score_layers(
         xs,

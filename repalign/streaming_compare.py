@@ -37,6 +37,7 @@ from repalign.compare import (
     _device,
     align_sample_ids,
     metric_scores,
+    parse_requests,
     provenance_attrs,
     run_config,
     select_layers,
@@ -213,9 +214,7 @@ def streaming_compare(
         raise ValueError(f"compare takes one or two feature files, got {len(files)}")
     if chunk_size < 2:
         raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
-    requests = [MetricRequest.parse(m) for m in metrics]
-    if not requests:
-        raise ValueError("no metric given; pass at least one (e.g. --metric cka)")
+    requests = parse_requests(metrics)
     check_streamable(requests)
     dev = _device(device)
 
