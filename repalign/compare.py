@@ -251,8 +251,9 @@ def score_layers(
     """Score every layer of ``xs`` against every layer of ``ys`` (``xs`` itself if ``None``).
 
     ``permutations`` > 0 adds ``pvalue``, ``null_mean``, ``null_std`` per pair,
-    ``bootstrap`` > 0 adds ``ci_low``/``ci_high`` (percentile interval at
-    ``level``). Statistics are computed for the ``(i, j)`` cells in
+    ``bootstrap`` > 0 adds ``ci_low``/``ci_high`` at ``level`` (from
+    :func:`repalign.metrics.bootstrap_ci`: a percentile interval, or a subsampling one for
+    metrics that duplicated samples bias). Statistics are computed for the ``(i, j)`` cells in
     ``stat_cells`` (all cells when ``None``), NaN elsewhere.
     Returns ``(request, score, stats)`` per metric, arrays ``(len(xs), len(ys))``.
     """

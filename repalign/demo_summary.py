@@ -146,9 +146,9 @@ def fusion_change(rows: Sequence[MatchedRow]) -> str:
 def ci_misses(ds: xr.Dataset) -> list[str]:
     """Metrics whose bootstrap interval misses the score itself on some matched pair.
 
-    Resampling with replacement duplicates samples; a duplicate is its own nearest
-    neighbour in both spaces, which inflates k-NN metrics, and it shrinks the rank
-    SVCCA works with. Such intervals are reported, with this caveat, not hidden.
+    The k-NN metrics and SVCCA get a subsampling interval (half-size subsamples,
+    rescaled), since duplicated samples would bias them; it assumes the usual sqrt(n)
+    rate and can still miss. Such intervals are reported, with this caveat, not hidden.
     """
     out = []
     for metric in (str(m) for m in ds.metric.values):
