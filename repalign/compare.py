@@ -117,23 +117,28 @@ def load_side(
     path = Path(path)
     ds = open_features(path, require_complete=not allow_incomplete)
     try:
-        names = select_layers(_layer_variables(ds), patterns, where=str(path))
-        arrays, streams, depths = {}, [], []
-        for name in names:
-            var = ds[name]
-            if var.ndim != 2:
-                raise ValueError(
-                    f"layer {name!r} of {path} has dims {var.dims} (unpooled tokens); compare "
-                    "needs one vector per sample: extract with --pool mean or cls"
-                )
-            arrays[name] = np.asarray(var.values, dtype=np.float32)
-            streams.append(str(var.attrs.get("stream", "unknown")))
-            depths.append(_relative_depth(var.attrs, names.index(name), len(names)))
+        axis = describe_layers(ds, patterns, where=str(path))
+        arrays = {name: np.asarray(ds[name].values, dtype=np.float32) for name in axis.names}
         ids = [str(s) for s in ds[SAMPLE_ID].values]
         attrs = dict(ds.attrs)
     finally:
         ds.close()
-    return Side(path, LayerAxis(tuple(names), tuple(streams), tuple(depths)), arrays, ids, attrs)
+    return Side(path, axis, arrays, ids, attrs)
+
+
+def describe_layers(ds: xr.Dataset, patterns: Sequence[str], *, where: str) -> LayerAxis:
+    """The layers of an open feature file matching ``patterns``, with their streams and
+    relative depths; unpooled layers (one vector per token) are refused."""
+    names = select_layers(_layer_variables(ds), patterns, where=where)
+    for name in names:
+        if ds[name].ndim != 2:
+            raise ValueError(
+                f"layer {name!r} of {where} has dims {ds[name].dims} (unpooled tokens); compare "
+                "needs one vector per sample: extract with --pool mean or cls"
+            )
+    streams = tuple(str(ds[name].attrs.get("stream", "unknown")) for name in names)
+    depths = tuple(_relative_depth(ds[name].attrs, i, len(names)) for i, name in enumerate(names))
+    return LayerAxis(tuple(names), streams, depths)
 
 
 def _relative_depth(attrs: Mapping[str, Any], index: int, count: int) -> float:

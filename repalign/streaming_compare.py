@@ -36,11 +36,11 @@ from repalign.compare import (
     MetricRequest,
     _device,
     align_sample_ids,
+    describe_layers,
     metric_scores,
     parse_requests,
     provenance_attrs,
     run_config,
-    select_layers,
 )
 from repalign.metrics import StreamingCCA, StreamingCKA
 from repalign.store import schema
@@ -158,26 +158,12 @@ def _open_side(path: Any, patterns: Sequence[str], *, allow_incomplete: bool) ->
 
     ds = open_features(path, require_complete=not allow_incomplete)
     try:
-        available = [str(k) for k, v in ds.data_vars.items() if schema.SAMPLE_DIM in v.dims]
-        names = select_layers(available, patterns, where=str(path))
-        for name in names:
-            if ds[name].ndim != 2:
-                raise ValueError(
-                    f"layer {name!r} of {path} has dims {ds[name].dims} (unpooled tokens); "
-                    "compare needs one vector per sample: extract with --pool mean or cls"
-                )
-        streams = tuple(str(ds[k].attrs.get("stream", "unknown")) for k in names)
-        depths = tuple(
-            float(ds[k].attrs["relative_depth"])
-            if "relative_depth" in ds[k].attrs
-            else (i / (len(names) - 1) if len(names) > 1 else 0.0)
-            for i, k in enumerate(names)
-        )
+        axis = describe_layers(ds, patterns, where=str(path))
         ids = [str(s) for s in ds[schema.SAMPLE_ID].values]
     except BaseException:
         ds.close()
         raise
-    return _Side(ds, str(path), LayerAxis(tuple(names), streams, depths), ids)
+    return _Side(ds, str(path), axis, ids)
 
 
 def _read_rows(ds: xr.Dataset, name: str, idx: np.ndarray) -> np.ndarray:
