@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 
 from repalign._progress import progress_bar
 from repalign.data.base import Sample
+from repalign.data.captions import UnreadableImage
 from repalign.data.synthetic import Scene
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ def _write_images(
     dataset: Sequence[Sample], tmp: Path, size: int, progress: bool
 ) -> tuple[int, list[tuple[str, str]]]:
     """Write ``images.u8`` and ``index.jsonl`` into ``tmp``; the kept count and the skips."""
-    from repalign.data.captions import UnreadableImage
-
     n = len(dataset)
     array = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size, 3))
     skipped = [tuple(s) for s in getattr(dataset, "skipped", ())]
@@ -143,21 +142,19 @@ def _write_images(
                 sample = dataset[i]
             except UnreadableImage as err:
                 skipped.append((err.sample_id, err.reason))
-                update(i + 1)
-                continue
-            if sample.image is None:
+                sample = None
+            if sample is not None and sample.image is None:
                 skipped.append((sample.sample_id, "no image"))
-                update(i + 1)
-                continue
-            array[kept] = resize_image(sample.image, size)
-            record = {
-                "sample_id": sample.sample_id,
-                "text": sample.text,
-                "label": sample.label,
-                "meta": _meta_to_json(sample.meta),
-            }
-            index.write(json.dumps(record) + "\n")
-            kept += 1
+            elif sample is not None:
+                array[kept] = resize_image(sample.image, size)
+                record = {
+                    "sample_id": sample.sample_id,
+                    "text": sample.text,
+                    "label": sample.label,
+                    "meta": _meta_to_json(sample.meta),
+                }
+                index.write(json.dumps(record) + "\n")
+                kept += 1
             update(i + 1)
     array.flush()
     del array
