@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,16 +42,34 @@ from repalign.compare import (
     provenance_attrs,
     run_config,
 )
-from repalign.metrics import StreamingCCA, StreamingCKA
+from repalign.metrics.streaming import (
+    centered_cross,
+    centered_gram,
+    linear_cka_from_moments,
+    mean_cca_from_moments,
+    whitening_map,
+)
 from repalign.store import schema
 from repalign.store.scores import LayerAxis, scores_dataset
 
 log = logging.getLogger(__name__)
 
-#: metrics with a streaming estimator, and the options (with the only value) each accepts
-STREAMING_METRICS: dict[str, tuple[type, dict[str, Any]]] = {
-    "cka": (StreamingCKA, {"kernel": "linear", "unbiased": False}),
-    "cca": (StreamingCCA, {}),
+
+@dataclass(frozen=True)
+class _StreamingMetric:
+    """A metric scored from second moments: a per-layer term, then one step per pair."""
+
+    per_layer: Callable[[torch.Tensor], Any]  # from the layer's centered XᵀX
+    pair: Callable[[torch.Tensor, Any, Any], torch.Tensor]  # from XcᵀYc and both terms
+    options: dict[str, Any]  # the options it accepts, with the only value each may take
+
+
+#: metrics with a streaming estimator (the scores of StreamingCKA and StreamingCCA)
+STREAMING_METRICS: dict[str, _StreamingMetric] = {
+    "cka": _StreamingMetric(
+        torch.linalg.norm, linear_cka_from_moments, {"kernel": "linear", "unbiased": False}
+    ),
+    "cca": _StreamingMetric(whitening_map, mean_cca_from_moments, {}),
 }
 
 
@@ -109,22 +127,43 @@ class GridMoments:
         mom.g += xc.T @ xc
         return xc
 
-    def accumulator(self, cls: type, a: str, b: str) -> Any:
-        """A :class:`StreamingCKA`/:class:`StreamingCCA` holding the moments of pair ``(a, b)``.
+    def scores(self, metric: str) -> np.ndarray:
+        """The ``(len(names_a), len(names_b))`` grid of ``metric`` (``"cka"`` or ``"cca"``).
 
-        The accumulators keep exactly these moments (shifted sums, ``XᵀX``,
-        ``YᵀY``, ``XᵀY``); filling them here spares recomputing each layer's
-        ``XᵀX`` once per pair it appears in.
+        Each layer's centered ``XᵀX`` and its Frobenius norm (CKA) or whitening
+        map (CCA, one eigendecomposition) are computed once and shared by every
+        pair the layer is in, so scoring costs ``La + Lb`` decompositions, not
+        ``2 · La · Lb``.
         """
+        if metric not in STREAMING_METRICS:
+            raise ValueError(
+                f"no streaming estimator for {metric!r}; have {list(STREAMING_METRICS)}"
+            )
+        if self.n < 2:
+            raise ValueError(f"need at least 2 rows before scoring, got {self.n}")
         side_b = "a" if self.same else "b"
-        ma, mb = self.layers[("a", a)], self.layers[(side_b, b)]
-        if self.same and a == b:
-            cross = ma.g
-        else:
-            cross = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
-        return cls.from_moments(
-            self.n, (ma.shift, mb.shift), (ma.s, mb.s), ma.g, mb.g, cross, dtype=self.dtype
-        )
+        estimator = STREAMING_METRICS[metric]
+        cache: dict[tuple[str, str], Any] = {}
+
+        def term(side: str, name: str) -> Any:
+            key = (side, name)
+            if key not in cache:
+                mom = self.layers[key]
+                cxx = centered_gram(self.n, mom.s, mom.g, name=f"layer {name!r}")
+                cache[key] = estimator.per_layer(cxx)
+            return cache[key]
+
+        out = np.empty((len(self.names_a), len(self.names_b)))
+        for i, a in enumerate(self.names_a):
+            for j, b in enumerate(self.names_b):
+                ma, mb = self.layers[("a", a)], self.layers[(side_b, b)]
+                if self.same and a == b:
+                    xy = ma.g
+                else:
+                    xy = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
+                cxy = centered_cross(self.n, ma.s, mb.s, xy)
+                out[i, j] = float(estimator.pair(cxy, term("a", a), term(side_b, b)))
+        return out
 
 
 def check_streamable(requests: Sequence[MetricRequest]) -> None:
@@ -136,7 +175,7 @@ def check_streamable(requests: Sequence[MetricRequest]) -> None:
                 f"mean CCA from accumulated covariances); {req.name!r} needs all rows in memory: "
                 "run it without --streaming (mutual_knn and cknna are already chunked)"
             )
-        allowed = STREAMING_METRICS[req.name][1]
+        allowed = STREAMING_METRICS[req.name].options
         for key, value in req.options.items():
             if key not in allowed or allowed[key] != value:
                 raise ValueError(
@@ -222,16 +261,7 @@ def streaming_compare(
     finally:
         side_a.ds.close()
 
-    scored = []
-    for req in requests:
-        cls = STREAMING_METRICS[req.name][0]
-        score = np.array(
-            [
-                [float(grid.accumulator(cls, a, b).compute()) for b in side_b.axis.names]
-                for a in side_a.axis.names
-            ]
-        )
-        scored.append(metric_scores(req, score))
+    scored = [metric_scores(req, grid.scores(req.name)) for req in requests]
     attrs = _provenance(files, requests, side_a, side_b, n, layers_a, layers_b, chunk_size, dev)
     return scores_dataset(side_a.axis, side_b.axis, scored, attrs)
 

@@ -79,14 +79,55 @@ class _MomentAccumulator:
         """XcᵀXc, YcᵀYc, XcᵀYc of all rows seen, centered on their overall mean."""
         if self.n < 2:
             raise ValueError(f"need at least 2 rows before compute(), got {self.n}")
-        mx, my = self.sx / self.n, self.sy / self.n
-        cxx = self.xx - self.n * torch.outer(mx, mx)
-        cyy = self.yy - self.n * torch.outer(my, my)
-        cxy = self.xy - self.n * torch.outer(mx, my)
-        for name, c in (("x", cxx), ("y", cyy)):
-            if float(torch.diagonal(c).max()) <= 0:
-                raise ValueError(f"{name} is constant across all rows seen (zero variance)")
-        return cxx, cyy, cxy
+        return (
+            centered_gram(self.n, self.sx, self.xx, name="x"),
+            centered_gram(self.n, self.sy, self.yy, name="y"),
+            centered_cross(self.n, self.sx, self.sy, self.xy),
+        )
+
+
+def centered_gram(n: int, s: torch.Tensor, g: torch.Tensor, *, name: str = "x") -> torch.Tensor:
+    """``XcᵀXc`` from the column sum ``s`` and ``XᵀX`` of ``n`` (shifted) rows.
+
+    Raises if every column is constant: no metric is defined on such a layer.
+    """
+    m = s / n
+    c = g - n * torch.outer(m, m)
+    if float(torch.diagonal(c).max()) <= 0:
+        raise ValueError(f"{name} is constant across all rows seen (zero variance)")
+    return c
+
+
+def centered_cross(n: int, sx: torch.Tensor, sy: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """``XcᵀYc`` from the column sums and ``XᵀY`` of ``n`` (shifted) rows."""
+    return xy - torch.outer(sx, sy) / n
+
+
+def linear_cka_from_moments(
+    cxy: torch.Tensor, norm_xx: torch.Tensor, norm_yy: torch.Tensor
+) -> torch.Tensor:
+    """Biased linear CKA ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F), given the two Frobenius norms."""
+    return (cxy * cxy).sum() / (norm_xx * norm_yy)
+
+
+def whitening_map(c: torch.Tensor) -> torch.Tensor:
+    """``W`` (d, r) with ``Wᵀ C W = I_r``: ``C^{-1/2}`` on the eigenvalues above rank tolerance.
+
+    The tolerance is NumPy's ``matrix_rank`` one on the singular values
+    ``sqrt(eigenvalue)``, so rank-deficient inputs give the same canonical
+    correlations as :func:`repalign.metrics.cca`.
+    """
+    evals, evecs = torch.linalg.eigh(c)
+    s = evals.clamp(min=0).sqrt()
+    keep = s > s.max() * max(c.shape[0], 2) * torch.finfo(c.dtype).eps
+    return evecs[:, keep] / s[keep]
+
+
+def mean_cca_from_moments(cxy: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """Mean canonical correlation: the singular values of ``Wxᵀ Cxy Wy`` averaged."""
+    rho = torch.linalg.svdvals(wx.T @ cxy @ wy).clamp(max=1.0)
+    r = min(wx.shape[1], wy.shape[1])
+    return rho[:r].mean() if r else scalar_like(0.0, cxy)
 
 
 class StreamingCKA(_MomentAccumulator):
@@ -102,7 +143,7 @@ class StreamingCKA(_MomentAccumulator):
 
     def compute(self) -> torch.Tensor:
         cxx, cyy, cxy = self.centered_moments()
-        return (cxy * cxy).sum() / torch.sqrt((cxx * cxx).sum() * (cyy * cyy).sum())
+        return linear_cka_from_moments(cxy, torch.linalg.norm(cxx), torch.linalg.norm(cyy))
 
 
 class StreamingCCA(_MomentAccumulator):
@@ -116,18 +157,6 @@ class StreamingCCA(_MomentAccumulator):
     def __init__(self, *, dtype: torch.dtype = torch.float64) -> None:
         super().__init__(dtype)
 
-    @staticmethod
-    def _inv_sqrt(c: torch.Tensor) -> torch.Tensor:
-        evals, evecs = torch.linalg.eigh(c)
-        # rank tolerance on singular values s = sqrt(eigenvalue), as numpy.linalg.matrix_rank
-        s = evals.clamp(min=0).sqrt()
-        keep = s > s.max() * max(c.shape[0], 2) * torch.finfo(c.dtype).eps
-        v = evecs[:, keep]
-        return v / s[keep]  # (d, r): whitening map onto the kept eigenvectors
-
     def compute(self) -> torch.Tensor:
         cxx, cyy, cxy = self.centered_moments()
-        wx, wy = self._inv_sqrt(cxx), self._inv_sqrt(cyy)
-        rho = torch.linalg.svdvals(wx.T @ cxy @ wy).clamp(max=1.0)
-        r = min(wx.shape[1], wy.shape[1])
-        return rho[:r].mean() if r else scalar_like(0.0, cxy)
+        return mean_cca_from_moments(cxy, whitening_map(cxx), whitening_map(cyy))

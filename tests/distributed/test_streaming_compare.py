@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from repalign.cli.main import app
 from repalign.compare import compare
-from repalign.metrics import StreamingCKA
+from repalign.metrics import StreamingCCA, StreamingCKA
 from repalign.store.features import open_features
 from repalign.streaming_compare import GridMoments, streaming_compare
 from tests.store._feature_files import write_features
@@ -86,17 +86,38 @@ def test_reordered_ids_refused_or_aligned(tmp_path, files):
     np.testing.assert_allclose(np.diagonal(_scores(got)[0]), 1.0, rtol=1e-12)
 
 
-def test_grid_accumulator_equals_a_directly_fed_streaming_cka():
+@pytest.mark.parametrize("metric,acc_cls", [("cka", StreamingCKA), ("cca", StreamingCCA)])
+def test_grid_scores_equal_a_directly_fed_accumulator(metric, acc_cls):
     gen = torch.Generator().manual_seed(0)
     x, y = (
         torch.randn(50, 3, generator=gen, dtype=torch.float64),
         torch.randn(50, 4, generator=gen, dtype=torch.float64),
     )
-    grid, direct = GridMoments(["x"], ["y"], dtype=torch.float64), StreamingCKA()
+    grid, direct = GridMoments(["x"], ["y"], dtype=torch.float64), acc_cls()
     for lo in range(0, 50, 13):
         grid.update({"x": x[lo : lo + 13]}, {"y": y[lo : lo + 13]})
         direct.update(x[lo : lo + 13], y[lo : lo + 13])
-    assert torch.equal(grid.accumulator(StreamingCKA, "x", "y").compute(), direct.compute())
+    assert grid.scores(metric)[0, 0] == pytest.approx(float(direct.compute()), rel=1e-12)
+
+
+def test_grid_scores_each_layer_once(monkeypatch):
+    """Per-layer terms (one eigh each for CCA) are shared by every pair the layer is in."""
+    import repalign.streaming_compare as sc
+
+    calls = []
+    real = sc.STREAMING_METRICS["cca"]
+    counted = sc._StreamingMetric(
+        lambda c: calls.append(c.shape) or real.per_layer(c), real.pair, real.options
+    )
+    monkeypatch.setitem(sc.STREAMING_METRICS, "cca", counted)
+    gen = torch.Generator().manual_seed(1)
+    names = ["l0", "l1", "l2"]
+    grid = GridMoments(names, None, dtype=torch.float64)
+    grid.update({k: torch.randn(40, 4, generator=gen, dtype=torch.float64) for k in names})
+    scores = grid.scores("cca")
+    assert len(calls) == len(names)
+    np.testing.assert_allclose(np.diagonal(scores), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(scores, scores.T, rtol=1e-12)
 
 
 def test_unsupported_metrics_and_options_are_refused(files):
