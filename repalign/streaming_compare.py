@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from rich.progress import Progress
 
 from repalign._numerics import check_compute_dtype, check_matrix
+from repalign._progress import progress_bar
 from repalign.compare import (
     MetricRequest,
     _device,
@@ -292,13 +292,12 @@ def _accumulate(
     def load(side: _Side, idx: np.ndarray) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(_read_rows(side.ds, k, idx)).to(dev) for k in side.axis.names}
 
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("streaming moments", total=n)
+    with progress_bar("streaming moments", n, enabled=progress) as update:
         for lo in range(0, n, chunk_size):
             # a last chunk of one row still counts: the accumulators only need n >= 2 overall
             sl = slice(lo, min(lo + chunk_size, n))
             grid.update(load(side_a, idx_a[sl]), None if same else load(side_b, idx_b[sl]))
-            bar.update(task, completed=sl.stop)
+            update(sl.stop)
     return grid, [side_a.ids[i] for i in idx_a]
 
 
