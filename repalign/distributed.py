@@ -181,6 +181,16 @@ def broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce)."""
+    if not is_distributed():
+        return flag
+    backend_cuda = dist.get_backend() == "nccl"
+    t = torch.tensor([int(flag)], device="cuda" if backend_cuda else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ranks (a detached copy; for logging losses, not for gradients)."""
     out = x.detach().clone()

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from repalign.cli._errors import fail
+from repalign.cli._errors import fail, stderr
+
+if TYPE_CHECKING:
+    from repalign.train.interrupt import RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,12 @@ def _flag_overrides(**flags: object) -> list[str]:
             value = "true" if value else "false"
         out.append(f"{key}={value}")
     return out
+
+
+def _interrupted(err: RunInterrupted) -> typer.Exit:
+    """A run stopped by Ctrl-C or SIGTERM after saving: say how to go on, exit 130/143."""
+    stderr.print(f"[bold yellow]stopped:[/] {err}", highlight=False, soft_wrap=True)
+    return typer.Exit(err.exit_code)
 
 
 def _data_overrides(data: str | None) -> list[str]:
@@ -71,6 +81,7 @@ def pretrain(
 ) -> None:
     """Pretrain ViLBERT (MLM, contrastive MIM, AP, ITC); writes RUN/eval.json."""
     from repalign.train.config import PretrainConfig, load_config
+    from repalign.train.interrupt import RunInterrupted
     from repalign.train.pretrain import run_pretraining
 
     flags = _flag_overrides(
@@ -91,6 +102,8 @@ def pretrain(
             PretrainConfig, config, [*flags, *_data_overrides(data), *(overrides or [])]
         )
         result = run_pretraining(cfg, resume=resume)
+    except RunInterrupted as err:
+        raise _interrupted(err) from None
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise fail(err) from None
     if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
@@ -115,6 +128,7 @@ def finetune(
     """Fine-tune on a binary image-text task; early stopping on dev AUROC; writes RUN/eval.json."""
     from repalign.train.config import FinetuneConfig, load_config
     from repalign.train.finetune import run_finetuning
+    from repalign.train.interrupt import RunInterrupted
 
     flags = _flag_overrides(
         init=init,
@@ -125,6 +139,8 @@ def finetune(
     try:
         cfg = load_config(FinetuneConfig, config, [*flags, *(overrides or [])])
         result = run_finetuning(cfg, resume=resume)
+    except RunInterrupted as err:
+        raise _interrupted(err) from None
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise fail(err) from None
     if result:  # ranks other than 0 under torchrun evaluate nothing and return {}

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from repalign.train.interrupt import ignore_stop_signals
+
 
 @contextmanager
 def seeded(*key: int) -> Iterator[None]:
@@ -127,4 +129,5 @@ def batch_loader(
         # or a resumed run would be one draw off the uninterrupted one.
         generator=torch.Generator().manual_seed(stream.seed),
         prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals,  # a Ctrl-C or SIGTERM is the main process's to handle
     )

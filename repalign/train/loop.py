@@ -42,6 +42,7 @@ from repalign.train.checkpoint import (
     save_checkpoint,
 )
 from repalign.train.config import LoopConfig, OptimConfig, save_config
+from repalign.train.interrupt import RunInterrupted, StopOnSignal
 from repalign.train.prefetch import DevicePrefetcher
 from repalign.train.runlog import RunLog
 from repalign.train.schedule import lr_factor, param_groups
@@ -319,16 +320,17 @@ class Trainer:
         window: dict[str, list[torch.Tensor]] = {}
         pairs, t0 = 0, time.perf_counter()
         self._started = t0
-        rng = capture_rng_state()
         try:
-            with progress_bar(
-                "train",
-                self.loop.steps,
-                start=self.step,
-                enabled=self.loop.progress and self.is_main,
-            ) as advance:
+            with (
+                StopOnSignal() as stop,
+                progress_bar(
+                    "train",
+                    self.loop.steps,
+                    start=self.step,
+                    enabled=self.loop.progress and self.is_main,
+                ) as advance,
+            ):
                 while self.step < self.loop.steps and not self.stopped_early:
-                    rng = capture_rng_state()  # the state a resumed run must start this step from
                     self._set_lr()
                     micro = [next(batches) for _ in range(accum)]
                     pairs += sum(_batch_size(b) for b in micro)
@@ -339,7 +341,8 @@ class Trainer:
                         window.setdefault(k, []).append(v)
                     self.step += 1
                     last = self.step == self.loop.steps
-                    if self.step % self.loop.log_every == 0 or last:
+                    logged = self.step % self.loop.log_every == 0 or last
+                    if logged:
                         record = self._flush(window, pairs, time.perf_counter() - t0)
                         pairs, t0 = 0, time.perf_counter()
                         loss = record.get("loss")
@@ -352,23 +355,58 @@ class Trainer:
                             p.every > 0 and self.step % p.every == 0 for p in self.periodic
                         ):  # rank 0 evaluated and decided; every rank must stop with it
                             self.stopped_early = distributed.broadcast_flag(self.stopped_early)
-                    rng = capture_rng_state()
+                    rng = capture_rng_state()  # the state a resumed run starts the next step from
                     every = self.loop.checkpoint_every
                     if every > 0 and self.step % every == 0 and not last:
                         self._checkpoint(rng)
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d; saving %s", self.step, self.run_dir / "last")
-            self.save(self.run_dir / "last", rng)
+                    if not last and self._stop_requested(stop, logged):
+                        self._stop(window, pairs, time.perf_counter() - t0, rng, stop.received)
+                if window:
+                    self._flush(window, pairs, time.perf_counter() - t0)
+                # saved before the final evaluation too: a SIGTERM's grace period may not
+                # outlast it, and the trained weights must survive
+                self.save(self.run_dir / "last", capture_rng_state())
+                self.run_periodic(final=True)
+        except KeyboardInterrupt as err:
+            if not isinstance(err, RunInterrupted):
+                log.warning(
+                    "aborted after step %d without saving (a step cut short may be half "
+                    "applied); %s holds the last checkpoint",
+                    self.step,
+                    self.run_dir / "last",
+                )
             raise
-        if window:
-            self._flush(window, pairs, time.perf_counter() - t0)
-        self.run_periodic(final=True)
         self.save(self.run_dir / "last", capture_rng_state())
         self.log.write_csv(self.run_dir / "log.csv")
         if self._owns_group:
             distributed.barrier()  # rank 0 has written everything before any rank leaves
             distributed.destroy()
         return dict(self.last_eval)
+
+    def _stop_requested(self, stop: StopOnSignal, logged: bool) -> bool:
+        """Whether a signal asks to stop after this step. Under DDP every rank must leave
+        the loop after the same step, so ranks agree at log steps (which sync anyway)."""
+        if not distributed.is_distributed():
+            return stop.requested
+        return logged and distributed.any_rank(stop.requested)
+
+    def _stop(
+        self,
+        window: dict[str, list[torch.Tensor]],
+        pairs: int,
+        seconds: float,
+        rng: Mapping[str, Any],
+        signal_name: str | None,
+    ) -> None:
+        """Log the steps since the last record, save ``RUN/last`` and raise :class:`RunInterrupted`."""
+        if window:
+            self._flush(window, pairs, seconds)
+        self.save(self.run_dir / "last", rng)
+        self.log.write_csv(self.run_dir / "log.csv")
+        if self._owns_group:
+            distributed.barrier()
+            distributed.destroy()
+        raise RunInterrupted(signal_name or "SIGINT", self.step, self.run_dir / "last")
 
     def _checkpoint(self, rng: Mapping[str, Any]) -> None:
         if not self.is_main:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,31 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     diffs = {k: float((rank0[k] - ref[k]).abs().max()) for k in ref if ref[k].is_floating_point()}
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] < 2e-4, (worst, diffs[worst])
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
+    """A scheduler's SIGTERM reaches torchrun, which passes it on to the ranks: they agree on
+    the step to stop after (at a log step), rank 0 saves RUN/last, and all exit in time."""
+    from repalign.train.checkpoint import load_trainer_state
+
+    run = tmp_path / "ddp"
+    config = _config(run)
+    config["loop"].update(steps=100_000, log_every=2)
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "repalign", "train", "pretrain", "--config", str(cfg_path)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 180
+    while not (log.exists() and log.read_text().count('"train"') >= 2):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no training steps logged in 180 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert "stopped after step" in err, err[-3000:]
+    step = load_trainer_state(run / "last")["step"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert step % 2 == 0 and max(r["step"] for r in records) == step

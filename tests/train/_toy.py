@@ -52,4 +52,4 @@ class ToyModel(nn.Module):
 
 def toy_configs(steps: int = 6, **loop) -> tuple[OptimConfig, LoopConfig]:
     optim = OptimConfig(lr=5e-2, warmup_steps=2, schedule="cosine")
-    return optim, LoopConfig(steps=steps, log_every=1, progress=False, **loop)
+    return optim, LoopConfig(steps=steps, **{"log_every": 1, "progress": False, **loop})

@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -121,21 +120,3 @@ def test_mismatched_checkpoint_gives_a_clear_error(tmp_path):
         match=r"shape mismatch 2 .*head.weight: checkpoint \(1, 16\) vs model \(2, 16\)",
     ):
         load_into(Wider(), state, source="x")
-
-
-def test_interrupt_saves_last(tmp_path, monkeypatch):
-    trainer = make_trainer(tmp_path, steps=10)
-    calls = {"n": 0}
-    real = trainer.train_step
-
-    def flaky(micro):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(micro)
-
-    monkeypatch.setattr(trainer, "train_step", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
-    assert load_trainer_state(tmp_path / "last")["step"] == 3
-    assert json.loads((tmp_path / "last" / "manifest.json").read_text())["version"] == 1
