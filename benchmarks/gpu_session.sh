@@ -22,6 +22,8 @@ step() {  # step NAME SECONDS CMD...
 }
 # eager rows take about a minute; compiling the step took 161 s on an H200
 step train_cuda 360 python3 benchmarks/train.py --device cuda --json "$OUT/train_cuda.json"
+# can the host's CPU cores feed that step? (about 40 s; base config, 224-pixel images)
+step data_cpu 90 python3 benchmarks/data.py --workers 0,4,8,12 --cache --n-train 2048
 [ "$WHAT" = train ] && exit 0
 step pytest_gpu 50 python3 -m pytest -q -p no:cacheprovider -m gpu tests
 step metrics_cuda 80 python3 benchmarks/metrics.py --device cuda --knn-n 100000

@@ -115,34 +115,26 @@ def _check_probe_metrics(metrics: Sequence[str]) -> None:
             get_metric(m)  # raises with the registered names when unknown
 
 
-def build(config: PretrainConfig) -> dict[str, Any]:
-    """Model, collators and datasets of a pretraining run (no training)."""
+def build_data(config: PretrainConfig) -> dict[str, Any]:
+    """Collators and datasets of a pretraining run (no model): what the data loader runs."""
     from repalign.data.text_vocab import load_tokenizer
     from repalign.models.vilbert import preset
     from repalign.train.collate import PretrainCollator
-    from repalign.train.objectives import PretrainModel
     from repalign.train.tasks import check_tasks
 
     tasks = check_tasks(config.tasks)
     vconfig = preset(config.preset, **config.model)
     tokenizer_source = vconfig.text_pretrained or "synthetic"
     tokenizer = load_tokenizer(tokenizer_source)
-    image_size = vconfig.vision_image_size
     common = dict(
         tasks=tasks,
-        image_size=image_size,
+        image_size=vconfig.vision_image_size,
         mlm_probability=config.mlm_probability,
         patch_size=vconfig.vision_patch_size if "mim" in tasks else None,
         seed=config.loop.seed,
     )
-    model = PretrainModel(
-        vconfig, tasks=tasks, weights=config.task_weights or None, **config.objective
-    )
-    if config.task_ratios:
-        model.register_forward_pre_hook(TaskSampler(tasks, config.task_ratios))
     train, held_out = pretraining_data(config.data)
     return {
-        "model": model,
         "vconfig": vconfig,
         "tasks": tasks,
         "tokenizer": tokenizer_source,
@@ -151,6 +143,22 @@ def build(config: PretrainConfig) -> dict[str, Any]:
         "train": train,
         "held_out": held_out,
     }
+
+
+def build(config: PretrainConfig) -> dict[str, Any]:
+    """Model, collators and datasets of a pretraining run (no training)."""
+    from repalign.train.objectives import PretrainModel
+
+    parts = build_data(config)
+    model = PretrainModel(
+        parts["vconfig"],
+        tasks=parts["tasks"],
+        weights=config.task_weights or None,
+        **config.objective,
+    )
+    if config.task_ratios:
+        model.register_forward_pre_hook(TaskSampler(parts["tasks"], config.task_ratios))
+    return {"model": model, **parts}
 
 
 def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str, float]:

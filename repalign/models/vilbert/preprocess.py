@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 from transformers import PreTrainedTokenizerBase
 
 
@@ -64,11 +66,25 @@ class ImageTransform:
         return image.crop((x0, y0, x0 + cw, y0 + ch))
 
 
+def batch_buffer(*shape: int) -> torch.Tensor:
+    """An uninitialised float32 tensor; inside a DataLoader worker, in shared memory.
+
+    A worker hands its batch to the main process through shared memory; a tensor
+    allocated there already (as ``default_collate`` does) is passed as a handle,
+    where an ordinary one is first copied (about 45 ms for a ``base`` batch of 128
+    images, 77 MB).
+    """
+    if get_worker_info() is None:
+        return torch.empty(*shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0).set_(storage).view(*shape)
+
+
 def stack_images(
     images: Sequence[Image.Image | None], transform: ImageTransform, rng: np.random.Generator | None
 ) -> torch.Tensor:
     """(B, 3, S, S) float32 pixels, written in place; a missing image is an error naming its position."""
-    out = torch.empty(len(images), 3, transform.size, transform.size)
+    out = batch_buffer(len(images), 3, transform.size, transform.size)
     view = out.numpy()
     for i, image in enumerate(images):
         if image is None:

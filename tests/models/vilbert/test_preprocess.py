@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from repalign.data.synthetic import SyntheticCaptions
-from repalign.models.vilbert.preprocess import ImageTransform, stack_images
+from repalign.models.vilbert.preprocess import ImageTransform, batch_buffer, stack_images
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -45,3 +45,20 @@ def test_augmentation_needs_a_generator_and_a_missing_image_is_named():
         ImageTransform(32, augment=True)(image)
     with pytest.raises(ValueError, match="sample 1 of the batch has no image"):
         stack_images([image, None], ImageTransform(32), None)
+
+
+class _BufferProbe(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        buf = batch_buffer(2, 3)
+        buf.fill_(1.0)
+        return torch.tensor([buf.is_shared(), buf.shape == (2, 3), float(buf.sum())])
+
+
+def test_batch_buffer_is_in_shared_memory_only_inside_a_loader_worker():
+    """A worker's batch is then handed over without a copy into shared memory."""
+    assert not batch_buffer(2, 3).is_shared()
+    (in_worker,) = torch.utils.data.DataLoader(_BufferProbe(), batch_size=None, num_workers=1)
+    assert in_worker.tolist() == [1.0, 1.0, 6.0]
