@@ -8,7 +8,7 @@ Each row iterates the training batches of a pretraining config (``--config``; th
 synthetic scenes of ``configs/vilbert-base.yaml`` by default: 224-pixel images drawn
 on the fly, augmentation, MLM/MIM masks, negatives) through the loop's own
 :func:`repalign.train.batches.batch_loader` with N worker processes, and reports
-pairs/s once the workers have started (the first batch is not timed). The step
+pairs/s over whole rounds of batches after the first (worker start-up). The step
 consumes 1,500 pairs/s at the base preset's target on an H100, so the workers must
 deliver more than that; ``--cache`` shows the same from a memory-mapped image cache,
 where no image is drawn or decoded.
@@ -38,8 +38,13 @@ def pairs_per_s(config: PretrainConfig, workers: int, batches: int) -> float:
     """Pairs/s of ``batches`` training batches with ``workers`` loader processes."""
     parts = build_data(config)
     stream = BatchStream(parts["train"], config.batch_size, parts["train_collate"], seed=0)
-    loader = iter(batch_loader(stream, 0, batches + 1, num_workers=workers))
-    next(loader)  # workers started, first batch made
+    # Workers take batches in turn, so batches arrive in rounds of `workers`: time whole
+    # rounds, from the end of the first (worker start-up) to the end of the last.
+    warmup = max(workers, 1)
+    batches = -(-batches // warmup) * warmup
+    loader = iter(batch_loader(stream, 0, warmup + batches, num_workers=workers))
+    for _ in range(warmup):
+        next(loader)
     start = time.perf_counter()
     for _ in range(batches):
         next(loader)
