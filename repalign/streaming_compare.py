@@ -151,6 +151,17 @@ class GridMoments:
                 mom = self.layers[key]
                 cxx = centered_gram(self.n, mom.s, mom.g, name=f"layer {name!r}")
                 cache[key] = estimator.per_layer(cxx)
+                if metric == "cca" and cache[key].shape[1] < cxx.shape[0]:
+                    log.warning(
+                        "streaming cca: layer %r has %d of %d directions below what "
+                        "second moments resolve (singular values under ~%.0e of the "
+                        "largest); they are left out. If they are signal and not rounding "
+                        "noise, compare this layer without --streaming",
+                        name,
+                        cxx.shape[0] - cache[key].shape[1],
+                        cxx.shape[0],
+                        (max(cxx.shape[0], 2) * torch.finfo(cxx.dtype).eps) ** 0.5,
+                    )
             return cache[key]
 
         out = np.empty((len(self.names_a), len(self.names_b)))

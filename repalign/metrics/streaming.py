@@ -111,16 +111,20 @@ def linear_cka_from_moments(
 
 
 def whitening_map(c: torch.Tensor) -> torch.Tensor:
-    """``W`` (d, r) with ``Wᵀ C W = I_r``: ``C^{-1/2}`` on the eigenvalues above rank tolerance.
+    """``W`` (d, r) with ``Wᵀ C W = I_r``: ``C^{-1/2}`` on the directions ``C`` resolves.
 
-    The tolerance is NumPy's ``matrix_rank`` one on the singular values
-    ``sqrt(eigenvalue)``, so rank-deficient inputs give the same canonical
-    correlations as :func:`repalign.metrics.cca`.
+    An eigenvalue of a computed second-moment matrix is only known to about
+    ``λ_max · d · eps``, so the directions kept are those above it: singular values
+    of the centered rows above ``s_max · sqrt(d · eps)`` (about ``3e-7 · s_max`` for
+    d = 384 in float64). Whitening the ones below would amplify rounding noise into
+    spurious canonical correlations. An exactly rank-deficient layer gives the same
+    correlations as :func:`repalign.metrics.cca`; a layer with nonzero singular values
+    below that level (a low-rank layer plus float32 rounding, say) loses them here,
+    where the in-memory ``cca``, working on the rows, keeps them.
     """
     evals, evecs = torch.linalg.eigh(c)
-    s = evals.clamp(min=0).sqrt()
-    keep = s > s.max() * max(c.shape[0], 2) * torch.finfo(c.dtype).eps
-    return evecs[:, keep] / s[keep]
+    keep = evals > evals.max() * max(c.shape[0], 2) * torch.finfo(c.dtype).eps
+    return evecs[:, keep] / evals[keep].sqrt()
 
 
 def mean_cca_from_moments(cxy: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
@@ -150,8 +154,11 @@ class StreamingCCA(_MomentAccumulator):
     """Mean canonical correlation from accumulated covariances.
 
     ρ_i are the singular values of Cxx^{-1/2} Cxy Cyy^{-1/2}, with the inverse
-    square roots taken on the eigenvalues above NumPy's rank tolerance, so
-    rank-deficient inputs give the same result as :func:`repalign.metrics.cca`.
+    square roots taken on the directions the moments resolve (see
+    :func:`whitening_map`), so exactly rank-deficient inputs give the same result as
+    :func:`repalign.metrics.cca`; a layer whose singular values span more than about
+    ``1 / sqrt(d · eps)`` (3e6 for d = 384 in float64) is scored on its resolved
+    directions only.
     """
 
     def __init__(self, *, dtype: torch.dtype = torch.float64) -> None:

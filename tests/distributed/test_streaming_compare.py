@@ -144,3 +144,16 @@ def test_cli_streaming_flag(files, tmp_path):
         app, [*args, "--streaming", "--permutations", "5", "--out", str(out_str)]
     )
     assert res.exit_code == 2 and "--streaming" in res.output
+
+
+def test_grid_cca_warns_about_a_layer_with_unresolvable_directions(caplog):
+    gen = torch.Generator().manual_seed(2)
+    scales = torch.cat([torch.ones(6), torch.full((4,), 1e-10)]).double()
+    low = torch.randn(200, 10, generator=gen, dtype=torch.float64) * scales
+    grid = GridMoments(["low", "full"], None, dtype=torch.float64)
+    grid.update({"low": low, "full": torch.randn(200, 5, generator=gen, dtype=torch.float64)})
+    with caplog.at_level("WARNING", logger="repalign.streaming_compare"):
+        scores = grid.scores("cca")
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-12)
+    (record,) = caplog.records
+    assert "'low' has 4 of 10 directions" in record.getMessage()

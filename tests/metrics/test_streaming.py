@@ -48,3 +48,20 @@ def test_streaming_on_device(device):
     out = acc.compute()
     assert out.device.type == device.type
     assert float(out) == pytest.approx(float(cka(x, y)), abs=1e-10)
+
+
+def test_streaming_cca_leaves_out_directions_the_moments_cannot_resolve():
+    """20 directions with singular values down to 1e-3 of the largest, 44 at 1e-10 (below
+    what float64 second moments resolve, ~1e-7 here). Whitening those amplified rounding into
+    spurious correlations; now the layer is scored on its 20 resolved directions."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.cat([torch.logspace(0, -3, 20), torch.full((44,), 1e-10)]).double()
+    x = torch.randn(512, 64, generator=g, dtype=torch.float64) * scales
+    acc = StreamingCCA()
+    for start in range(0, 512, 128):
+        acc.update(x[start : start + 128], x[start : start + 128])
+    assert float(acc.compute()) == pytest.approx(1.0, abs=1e-9)
+    y = x[:, :8] @ torch.randn(8, 5, generator=g, dtype=torch.float64)
+    y = y + 0.5 * torch.randn(512, 5, generator=g, dtype=torch.float64)
+    acc = StreamingCCA().update(x, y)
+    assert float(acc.compute()) == pytest.approx(float(cca(x[:, :20], y)), abs=1e-9)
