@@ -74,7 +74,10 @@ def cca(x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64)
     with Q_x, Q_y orthonormal bases (rank-revealing SVD, NumPy's tolerance) of
     the centered inputs. Invariant to any invertible linear map of either input.
     When rank x + rank y >= n - 1 the canonical correlations are trivially 1:
-    use more samples than dimensions, or :func:`svcca`.
+    use more samples than dimensions, or :func:`svcca`. The tolerance is float64's,
+    so a low-rank layer stored in float32 counts its rounding-noise directions
+    (about 1e-8 of the largest singular value) in ``r``, and their near-zero
+    correlations pull the mean down: :func:`svcca` leaves them out.
 
     Reference: Hotelling (1936); Raghu et al. (2017) for its use on networks.
     """
