@@ -4,7 +4,8 @@ The first SIGINT or SIGTERM only raises a flag. The loop finishes the step in fl
 saves ``RUN/last`` (a consistent state: ``--resume`` then continues as if never
 stopped) and raises :class:`RunInterrupted`. A second Ctrl-C aborts at once without
 saving, because a step cut in half (some parameters updated, others not) must not be
-written over ``RUN/last``.
+written over ``RUN/last``. Once training is over and saved, a signal stops the final
+evaluation at once (a resumed run redoes it).
 
 Without these handlers a SIGTERM (SLURM's ``scancel``, a preemption, ``kill``) ended
 the process on the spot and lost every step since the last periodic checkpoint.
@@ -66,6 +67,15 @@ class StopOnSignal:
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
+        self._saved: tuple[int, Path] | None = None
+
+    def stop_at_once(self, step: int, checkpoint: Path) -> None:
+        """From now on a signal raises :class:`RunInterrupted` at once, without waiting for a
+        step boundary: call it once ``checkpoint`` holds everything (before a final
+        evaluation, which a resumed run simply redoes). Raises now if a signal came already."""
+        self._saved = (step, checkpoint)
+        if self.received is not None:
+            raise RunInterrupted(self.received, step, checkpoint)
 
     @property
     def requested(self) -> bool:
@@ -85,6 +95,9 @@ class StopOnSignal:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self._saved is not None:
+            self.received = self.received or name
+            raise RunInterrupted(self.received, *self._saved)
         if self.received is None:
             self.received = name
             log.warning(

@@ -363,12 +363,16 @@ class Trainer:
                         self._stop(window, pairs, time.perf_counter() - t0, rng, stop.received)
                 if window:
                     self._flush(window, pairs, time.perf_counter() - t0)
-                # saved before the final evaluation too: a SIGTERM's grace period may not
-                # outlast it, and the trained weights must survive
+                # saved before the final evaluation, which a signal then stops at once (a
+                # resumed run, with nothing left to train, redoes it)
                 self.save(self.run_dir / "last", capture_rng_state())
+                if self.is_main:  # the only rank that evaluates
+                    stop.stop_at_once(self.step, self.run_dir / "last")
                 self.run_periodic(final=True)
         except KeyboardInterrupt as err:
-            if not isinstance(err, RunInterrupted):
+            if isinstance(err, RunInterrupted):
+                self._leave_group()
+            else:
                 log.warning(
                     "aborted after step %d without saving (a step cut short may be half "
                     "applied); %s holds the last checkpoint",
@@ -378,10 +382,13 @@ class Trainer:
             raise
         self.save(self.run_dir / "last", capture_rng_state())
         self.log.write_csv(self.run_dir / "log.csv")
+        self._leave_group()
+        return dict(self.last_eval)
+
+    def _leave_group(self) -> None:
         if self._owns_group:
             distributed.barrier()  # rank 0 has written everything before any rank leaves
             distributed.destroy()
-        return dict(self.last_eval)
 
     def _stop_requested(self, stop: StopOnSignal, logged: bool) -> bool:
         """Whether a signal asks to stop after this step. Under DDP every rank must leave
@@ -403,9 +410,6 @@ class Trainer:
             self._flush(window, pairs, seconds)
         self.save(self.run_dir / "last", rng)
         self.log.write_csv(self.run_dir / "log.csv")
-        if self._owns_group:
-            distributed.barrier()
-            distributed.destroy()
         raise RunInterrupted(signal_name or "SIGINT", self.step, self.run_dir / "last")
 
     def _checkpoint(self, rng: Mapping[str, Any]) -> None:

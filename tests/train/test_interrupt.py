@@ -124,3 +124,35 @@ def test_cli_sigterm_saves_and_exits_143(tmp_path):
     step = load_trainer_state(run / "last")["step"]
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert step >= 2 and max(r["step"] for r in records) == step
+
+
+def test_signal_during_the_final_evaluation_stops_it_and_resume_redoes_it(tmp_path):
+    trainer = make_trainer(tmp_path, steps=4)
+    calls = []
+    evaluate = trainer.periodic[0]
+
+    def interrupted_eval(model):
+        calls.append(trainer.step)
+        if len(calls) == 1 and trainer.step == 4:  # the final evaluation, first time
+            signal.raise_signal(signal.SIGTERM)
+            raise AssertionError("the signal should have stopped the evaluation")
+        return {"eval_mae": torch.tensor(0.5)}
+
+    trainer.periodic[0] = type(evaluate)(evaluate.split, evaluate.every, interrupted_eval)
+    with pytest.raises(RunInterrupted) as info:
+        trainer.fit()
+    assert info.value.step == 4 and info.value.signal_name == "SIGTERM"
+    assert load_trainer_state(tmp_path / "last")["step"] == 4  # every step saved
+    assert trainer.fit(resume=True) == {"eval_mae": 0.5}  # nothing to train: evaluates
+    assert calls == [4, 4]
+
+
+def test_signal_during_the_last_step_skips_the_final_evaluation(tmp_path):
+    trainer = make_trainer(tmp_path, steps=4)
+    _signal_during_step(trainer, 4, signal.SIGINT)
+    with pytest.raises(RunInterrupted) as info:
+        trainer.fit()
+    assert info.value.step == 4
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert not [r for r in records if r["split"] == "eval" and r["step"] == 4]
