@@ -39,7 +39,8 @@ GLOBAL_FEATURE_ATTRS = (
     "complete",
 )
 
-SCORE_VARS = ("score", "ci_low", "ci_high", "pvalue", "null_mean")
+#: a score file's per-pair statistics, besides ``score`` (in this order)
+STAT_VARS = ("pvalue", "null_mean", "null_std", "ci_low", "ci_high")
 METRIC_DIM = "metric"
 LAYER_A, LAYER_B = "layer_a", "layer_b"
 

@@ -34,12 +34,10 @@ import numpy as np
 import xarray as xr
 
 from repalign.store.paths import atomic_path, expand_paths
-from repalign.store.schema import LAYER_A, LAYER_B, METRIC_DIM
+from repalign.store.schema import LAYER_A, LAYER_B, METRIC_DIM, STAT_VARS
 
 log = logging.getLogger(__name__)
 
-#: statistics a score file may carry next to ``score``
-STAT_VARS = ("pvalue", "null_mean", "null_std", "ci_low", "ci_high")
 SCORE_DIMS = (METRIC_DIM, LAYER_A, LAYER_B)
 
 
