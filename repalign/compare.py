@@ -88,7 +88,10 @@ def select_layers(available: Sequence[str], patterns: Sequence[str], *, where: s
     chosen: set[str] = set()
     for pattern in patterns:
         if pattern.startswith("re:"):
-            rx = re.compile(pattern[3:])
+            try:
+                rx = re.compile(pattern[3:])
+            except re.error as exc:
+                raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
             hits = {name for name in available if rx.fullmatch(name)}
         else:
             hits = {name for name in available if fnmatch.fnmatchcase(name, pattern)}
@@ -344,7 +347,12 @@ def _pair_stats(
 
 
 def _device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {device!r} is not a device name; use cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is visible; use cpu")
     return dev

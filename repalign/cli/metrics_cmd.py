@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from repalign.cli._errors import fail
+
 
 def metrics() -> None:
     """List the registered metrics with bounds, direction, invariances and reference."""
@@ -28,7 +30,7 @@ def metrics() -> None:
 
 
 def metrics_demo(
-    n: int = typer.Option(500, help="Number of generated stimuli."),
+    n: int = typer.Option(500, min=1, help="Number of generated stimuli."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Score generated representations with every metric and print the table.
@@ -58,7 +60,10 @@ def metrics_demo(
         spec = get_metric(metric)
         fn = spec.fn
         label = metric if spec.higher_is_more_similar else f"{metric} (distance, lower = closer)"
-        table.add_row(label, *(f"{float(fn(base, y)):.3f}" for y in layers.values()))
+        try:
+            table.add_row(label, *(f"{float(fn(base, y)):.3f}" for y in layers.values()))
+        except ValueError as exc:  # too few stimuli for this metric (k-NN, unbiased HSIC)
+            raise fail(f"--n {n} is too small for {metric}: {exc}; use a larger --n") from None
     Console().print(table)
 
 

@@ -206,6 +206,8 @@ def open_features(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no feature file at {path}; create one with `repalign extract`")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a feature file (.nc from `repalign extract`)")
     try:
         ds = xr.open_dataset(path, engine="netcdf4")
     except (OSError, ValueError) as exc:

@@ -241,6 +241,8 @@ def write_scores(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: boo
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
     out = expand_paths(paths, what="score")
     for p in out:
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory, not a score file (.nc from `repalign compare`)")
         if not p.is_file():
             raise FileNotFoundError(
                 f"score file {p} does not exist; write it with `repalign compare`"
