@@ -44,6 +44,7 @@ def _load_adapter(
     max_length: int | None = None,
 ):
     from repalign.models import get_adapter
+    from repalign.train.checkpoint import CheckpointError
 
     try:
         cls = get_adapter(model)
@@ -54,7 +55,7 @@ def _load_adapter(
         options["max_length"] = max_length
     try:
         return cls.load(ckpt=ckpt, text_model=text_model, vision_model=vision_model, **options)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, CheckpointError) as exc:
         raise fail(f"cannot load model {model!r}: {exc}") from None
 
 
@@ -172,6 +173,12 @@ def extract(
         if shard:  # checked before the model loads
             shard_range(0, shard)
         check_output(out, resume=resume, overwrite=overwrite)
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"--device {device!r} is not a device name; use cpu, cuda or cuda:N"
+            ) from None
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(
                 f"--device {device} asked for, but no CUDA device is available; use --device cpu"

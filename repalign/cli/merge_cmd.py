@@ -33,7 +33,7 @@ def merge_cmd(
     try:
         paths = expand_paths(shards)
         write_merged(paths, out, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
         raise fail(exc) from None
     Console().print(f"merged {len(paths)} shards into {out}", highlight=False)
 

@@ -84,13 +84,13 @@ def check_output(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     out = Path(out)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: pick one")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as features.nc")
     if out.exists() and not (resume or overwrite):
         raise FileExistsError(
             f"{out} already exists; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"
         )
-    if out.exists() and out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as features.nc")
     if not out.parent.exists():
         raise FileNotFoundError(
             f"the folder of --out ({out.parent}) does not exist; create it first"

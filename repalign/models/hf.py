@@ -101,6 +101,7 @@ class HFTextAdapter(Adapter):
         **options: Any,
     ) -> HFTextAdapter:
         """Load from ``text_model`` (or ``ckpt``): a local directory or a transformers name."""
+        from safetensors import SafetensorError
         from transformers import AutoModel, AutoTokenizer
 
         source = text_model or ckpt
@@ -108,10 +109,15 @@ class HFTextAdapter(Adapter):
             raise ValueError("hf-text needs --text-model PATH_OR_NAME (or --ckpt PATH)")
         if vision_model:
             log.warning("hf-text ignores --vision-model %s", vision_model)
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            raise ValueError(
+                f"{source} is a directory without config.json; it is not a transformers model "
+                "directory (pass one with config.json, weights and tokenizer files)"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModel.from_pretrained(source, **options)
-        except OSError as exc:
+        except (OSError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
             raise ValueError(
                 f"cannot load a transformers model from {source!r}: {exc}. Pass a local "
                 "directory with config.json, weights and tokenizer files (there is no hub access)."

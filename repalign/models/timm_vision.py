@@ -79,6 +79,41 @@ def image_transform(model: nn.Module) -> Any:
     return create_transform(**cfg, is_training=False)
 
 
+def _load_weights(model: nn.Module, weights: str, name: str) -> None:
+    """Load a weights file into ``model`` (not strict: a different head is fine), refusing a
+    missing or unreadable file and one that shares no tensor name with the model (loading
+    it would silently leave every weight random)."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from timm.models import load_checkpoint
+
+    if not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"weights file {weights} does not exist or is not a file; --ckpt takes a "
+            ".safetensors, .pth or .bin file"
+        )
+    try:
+        incompatible = load_checkpoint(model, weights, strict=False)
+    except RuntimeError as exc:  # load_state_dict: tensors of other shapes
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        shown = "; ".join(lines[1:3]) + (f" (and {len(lines) - 3} more)" if len(lines) > 3 else "")
+        raise ValueError(
+            f"{weights} does not fit timm model {name!r}: {shown}; is it the weights file of "
+            "another model (or other --model-arg)?"
+        ) from None
+    except (KeyError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise ValueError(
+            f"{weights} is not a readable weights file ({type(exc).__name__}: {exc}); --ckpt "
+            "takes a .safetensors, .pth or .bin file of a timm model"
+        ) from None
+    if incompatible is not None and set(incompatible.missing_keys) >= set(model.state_dict()):
+        raise ValueError(
+            f"{weights} holds no weight of timm model {name!r} (none of its tensor names "
+            "match the model's); is it the weights file of another model?"
+        )
+
+
 def create_timm_model(
     name_or_dir: str, weights: str | None = None, **options: Any
 ) -> tuple[nn.Module, str]:
@@ -114,9 +149,7 @@ def create_timm_model(
     except RuntimeError as exc:  # timm's "Unknown model"
         raise ValueError(f"timm cannot create {name!r}: {exc}") from None
     if weights:
-        from timm.models import load_checkpoint
-
-        load_checkpoint(model, weights, strict=False)
+        _load_weights(model, weights, name)
     else:
         log.warning("timm model %s has random weights (no weights file given)", name)
     return model, weights or ""

@@ -61,6 +61,13 @@ def _ordered_shards(paths: Sequence[Path]) -> list[tuple[Path, xr.Dataset]]:
         for path in paths:
             ds = open_features(path, require_complete=True)
             k, n = shard_index(ds.attrs, path)
+            if totals and n not in totals:
+                ds.close()
+                first = next(iter(opened.values()))[0]
+                raise ValueError(
+                    f"{path} is shard {k}/{n} but {first} is one of {next(iter(totals))} shards: "
+                    "they come from different extractions; merge the files of one run only"
+                )
             if k in opened:
                 ds.close()
                 raise ValueError(f"shard {k}/{n} given twice: {opened[k][0]} and {path}")
@@ -232,6 +239,8 @@ def write_merged(
     out = Path(out)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as merged.nc")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
     if not out.parent.is_dir():

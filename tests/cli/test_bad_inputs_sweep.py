@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from repalign.cli.main import app
@@ -85,3 +86,79 @@ def test_metrics_demo_too_few_stimuli():
     assert "--n 3 is too small for" in _err("metrics-demo", "--n", "3")
     result = runner.invoke(app, ["metrics-demo", "--n", "-5"])
     assert result.exit_code == 2 and "--n" in result.output, result.output
+
+
+# ------------------------------------------------------------------ extract / layers / merge
+
+
+def test_extract_out_is_a_directory_says_so_not_pass_overwrite(tmp_path):
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    msg = _err("extract", *TINY_VIT, "--data", "synthetic:4", "--out", folder)
+    assert "is a directory; give a file path" in msg and "--overwrite" not in msg
+
+
+def test_extract_unknown_device_name(tmp_path):
+    msg = _err("extract", *TINY_VIT, "--data", "synthetic:4", "--device", "gpu0",
+               "--out", tmp_path / "f.nc")  # fmt: skip
+    assert "'gpu0' is not a device name" in msg
+    assert not (tmp_path / "f.nc").exists()
+
+
+@pytest.mark.parametrize("ckpt", ["missing", "notes.txt", "empty_dir"])
+def test_vilbert_bad_checkpoint_is_an_error_line(tmp_path, ckpt):
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    (tmp_path / "empty_dir").mkdir()
+    msg = _err("layers", "vilbert", "--ckpt", tmp_path / ckpt)
+    assert "cannot load model 'vilbert'" in msg
+    assert "no checkpoint at" in msg or "is not a repalign checkpoint" in msg
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"hello\n", "is not a readable weights file"),
+        (b"", "is not a readable weights file"),
+        (None, "does not exist or is not a file"),
+    ],
+)
+def test_timm_bad_weights_file(tmp_path, content, expected):
+    weights = tmp_path / "w.pth"
+    if content is not None:
+        weights.write_bytes(content)
+    assert expected in _err("layers", *TINY_VIT[1:], "--ckpt", weights)
+
+
+def test_timm_weights_of_another_model_are_refused_not_ignored(tmp_path):
+    """strict=False loading used to accept a file sharing no tensor name: random weights."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "other.safetensors"
+    save_file({"encoder.w": torch.zeros(3)}, str(weights))
+    assert "holds no weight of timm model" in _err("layers", *TINY_VIT[1:], "--ckpt", weights)
+
+
+def test_hf_text_directory_without_config(tmp_path):
+    msg = _err("layers", "hf-text", "--text-model", tmp_path)
+    assert "directory without config.json" in msg
+
+
+def _shard(tmp_path: Path, spec: str) -> Path:
+    k, n = spec.split("/")
+    out = tmp_path / f"f.shard{k}of{n}.nc"
+    args = ["extract", *TINY_VIT, "--data", "synthetic:4", "--shard", spec, "--out", str(out),
+            "--no-progress", "--workers", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_merge_out_directory_and_shards_of_different_runs(tmp_path):
+    a, b = _shard(tmp_path, "0/2"), _shard(tmp_path, "1/2")
+    other = _shard(tmp_path, "0/3")
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    msg = _err("merge", a, b, "--out", folder, "--overwrite", "--no-progress")
+    assert "is a directory; give a file path" in msg
+    msg = _err("merge", a, other, "--out", tmp_path / "m.nc", "--no-progress")
+    assert "different extractions" in msg and "given twice" not in msg
