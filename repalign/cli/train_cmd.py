@@ -54,10 +54,46 @@ def _data_overrides(data: str | None) -> list[str]:
         return []
     if data.startswith("synthetic:"):
         name, _, n = data.partition(":")
+        if not n.isdigit():
+            raise ValueError(
+                f"bad --data {data!r}: use synthetic or synthetic:N (N training pairs, "
+                "a whole number, e.g. synthetic:2000)"
+            )
         return [f"data.name={name}", f"data.n_train={int(n)}"]
     if Path(data).is_dir() and (Path(data) / "cache.json").is_file():
         return [f"data.cache={data}"]
     return [f"data.name={data}"]
+
+
+def _check_run(out: str, device: str, *, resume: bool, overwrite: bool) -> None:
+    """Checks before any file is written or model built: the device, and an existing run.
+
+    A run folder that already holds a checkpoint is never trained over silently: the
+    loop would replace its checkpoint and log (days of training) with the new run's.
+    """
+    import torch
+
+    from repalign.train.loop import resolve_device
+
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: pick one")
+    if device != "auto":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N"
+            ) from None
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:  # CUDA asked for but not there
+        raise ValueError(str(exc)) from None
+    run = Path(out)
+    if not (resume or overwrite) and (run / "last").exists():
+        raise FileExistsError(
+            f"{run} already holds a training run ({run / 'last'}); pass --resume to continue "
+            "it, --overwrite to train a new run over it, or choose another --out"
+        )
 
 
 def pretrain(
@@ -69,7 +105,7 @@ def pretrain(
     ),
     tasks: str | None = typer.Option(None, help="Comma-separated subset of mlm,mim,ap,itc."),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, help="Optimizer steps."),
+    steps: int | None = typer.Option(None, min=1, help="Optimizer steps."),
     batch_size: int | None = typer.Option(None, help="Pairs per step."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
@@ -78,8 +114,12 @@ def pretrain(
     ),
     probe_every: int | None = typer.Option(None, help="Probe every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN/last identically."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Train a new run in an --out that already holds one."
+    ),
 ) -> None:
     """Pretrain ViLBERT (MLM, contrastive MIM, AP, ITC); writes RUN/eval.json."""
+    from repalign.train.checkpoint import CheckpointError
     from repalign.train.config import PretrainConfig, load_config
     from repalign.train.interrupt import RunInterrupted
     from repalign.train.pretrain import run_pretraining
@@ -101,10 +141,11 @@ def pretrain(
         cfg = load_config(
             PretrainConfig, config, [*flags, *_data_overrides(data), *(overrides or [])]
         )
+        _check_run(cfg.out, cfg.loop.device, resume=resume, overwrite=overwrite)
         result = run_pretraining(cfg, resume=resume)
     except RunInterrupted as err:
         raise _interrupted(err) from None
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, CheckpointError) as err:
         raise fail(err) from None
     if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
@@ -121,11 +162,15 @@ def finetune(
         None, help="synthetic-binary, or a train .jsonl (set data.eval_path=dev.jsonl)."
     ),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, help="Optimizer steps (at most)."),
+    steps: int | None = typer.Option(None, min=1, help="Optimizer steps (at most)."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda ..."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN/last identically."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Train a new run in an --out that already holds one."
+    ),
 ) -> None:
     """Fine-tune on a binary image-text task; early stopping on dev AUROC; writes RUN/eval.json."""
+    from repalign.train.checkpoint import CheckpointError
     from repalign.train.config import FinetuneConfig, load_config
     from repalign.train.finetune import run_finetuning
     from repalign.train.interrupt import RunInterrupted
@@ -138,10 +183,11 @@ def finetune(
     )
     try:
         cfg = load_config(FinetuneConfig, config, [*flags, *(overrides or [])])
+        _check_run(cfg.out, cfg.loop.device, resume=resume, overwrite=overwrite)
         result = run_finetuning(cfg, resume=resume)
     except RunInterrupted as err:
         raise _interrupted(err) from None
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, CheckpointError) as err:
         raise fail(err) from None
     if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
@@ -176,12 +222,22 @@ def cache(
     from repalign.data.loading import load_dataset
 
     try:
-        if data.startswith("synthetic"):
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file; the cache is a folder: give a new one")
+        if data == "synthetic" or data.startswith("synthetic:"):
             from repalign.data.synthetic import SyntheticCaptions
 
             parts = data.split(":")[1:]
-            n = int(parts[0]) if parts and parts[0] else 512
-            seed = int(parts[1]) if len(parts) > 1 else 0
+            try:
+                n = int(parts[0]) if parts and parts[0] else 512
+                seed = int(parts[1]) if len(parts) > 1 else 0
+                if len(parts) > 2:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(
+                    f"bad synthetic spec {data!r}: use synthetic, synthetic:N or synthetic:N:SEED "
+                    "(whole numbers, e.g. synthetic:512)"
+                ) from None
             dataset = SyntheticCaptions(n, seed=seed, image_size=size)
         else:
             dataset = load_dataset(data, images=images)

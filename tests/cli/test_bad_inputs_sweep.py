@@ -162,3 +162,72 @@ def test_merge_out_directory_and_shards_of_different_runs(tmp_path):
     assert "is a directory; give a file path" in msg
     msg = _err("merge", a, other, "--out", tmp_path / "m.nc", "--no-progress")
     assert "different extractions" in msg and "given twice" not in msg
+
+
+# ------------------------------------------------------------------ train / data
+
+
+def test_rerunning_pretrain_into_a_finished_run_is_refused(tmp_path, run_dir):
+    before = _digest(run_dir)
+    msg = _err("train", "pretrain", *TINY_RUN, "--out", run_dir)
+    assert "already holds a training run" in msg and "--resume" in msg and "--overwrite" in msg
+    assert _digest(run_dir) == before
+    assert "exclude each other" in _err(
+        "train", "pretrain", *TINY_RUN, "--out", run_dir, "--resume", "--overwrite"
+    )
+
+
+def test_pretrain_overwrite_trains_over_an_existing_run(tmp_path):
+    out = tmp_path / "run"
+    for extra in ([], ["--overwrite"]):
+        result = runner.invoke(app, ["train", "pretrain", *TINY_RUN, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("verb", ["pretrain", "finetune"])
+def test_train_bad_device(tmp_path, verb):
+    assert "'banana' is not a device name" in _err(
+        "train", verb, "--device", "banana", "--out", tmp_path / "r"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_pretrain_cuda_without_cuda(tmp_path):
+    msg = _err("train", "pretrain", "loop.device=cuda", "--out", tmp_path / "r")
+    assert "CUDA is not available" in msg
+    assert not (tmp_path / "r").exists()  # checked before the run folder is created
+
+
+@pytest.mark.parametrize("init", ["missing", "notes.txt"])
+def test_finetune_bad_init_is_an_error_line(tmp_path, init):
+    (tmp_path / "notes.txt").write_text("x\n")
+    msg = _err("train", "finetune", "--init", tmp_path / init, "--steps", "1",
+               "--out", tmp_path / "ft")  # fmt: skip
+    assert "no checkpoint at" in msg or "is not a repalign checkpoint" in msg
+
+
+def test_resume_without_a_checkpoint_is_an_error_line(tmp_path):
+    msg = _err("train", "pretrain", *TINY_RUN, "--out", tmp_path / "new", "--resume")
+    assert "no checkpoint at" in msg
+
+
+def test_pretrain_zero_steps_and_bad_synthetic_spec(tmp_path):
+    result = runner.invoke(app, ["train", "pretrain", "--steps", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--steps" in result.output
+    msg = _err("train", "pretrain", "--data", "synthetic:abc", "--out", tmp_path / "r")
+    assert "bad --data 'synthetic:abc'" in msg and "synthetic:N" in msg
+
+
+@pytest.mark.parametrize("spec", ["synthetic:abc", "synthetic:8:x", "synthetic:8:1:2"])
+def test_data_cache_bad_synthetic_spec(tmp_path, spec):
+    msg = _err("data", "cache", spec, "--out", tmp_path / "c")
+    assert f"bad synthetic spec {spec!r}" in msg
+
+
+def test_data_cache_out_is_a_file_is_left_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me\n")
+    assert "is a file; the cache is a folder" in _err(
+        "data", "cache", "synthetic:4", "--out", target
+    )
+    assert target.read_text() == "keep me\n"
