@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from repalign.cli._errors import fail, stderr
 
@@ -44,7 +45,7 @@ def _flag_overrides(**flags: object) -> list[str]:
 
 def _interrupted(err: RunInterrupted) -> typer.Exit:
     """A run stopped by Ctrl-C or SIGTERM after saving: say how to go on, exit 130/143."""
-    stderr.print(f"[bold yellow]stopped:[/] {err}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold yellow]stopped:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     return typer.Exit(err.exit_code)
 
 

@@ -238,7 +238,14 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=1e-3)")
-        value = _scalar(yaml.safe_load(raw)) if raw.strip() else None
+        try:
+            value = _scalar(yaml.safe_load(raw)) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML ({problem}); quote it or fix "
+                "the brackets (e.g. tasks=[ap,itc])"
+            ) from None
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -262,7 +269,13 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or exc
+            raise ValueError(f"config file {path} is not valid YAML: {problem}{where}") from None
         if not isinstance(loaded, Mapping):
             raise ValueError(f"config file {path} must hold a mapping at the top level")
         values = _merge(values, loaded)

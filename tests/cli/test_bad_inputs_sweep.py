@@ -231,3 +231,29 @@ def test_data_cache_out_is_a_file_is_left_alone(tmp_path):
         "data", "cache", "synthetic:4", "--out", target
     )
     assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("override", ["optim.lr=[1", "tasks=[mlm", "out=:"])
+def test_override_value_that_is_not_yaml(tmp_path, override):
+    msg = _err("train", "pretrain", override, "--out", tmp_path / "r")
+    assert f"override {override!r}: the value is not valid YAML" in msg
+    assert "tasks=[ap,itc]" in msg  # brackets in a message are printed, not read as markup
+
+
+def test_config_file_that_is_not_yaml(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("loop:\n  steps: [1\n")
+    msg = _err("train", "pretrain", "--config", cfg, "--out", tmp_path / "r")
+    assert "is not valid YAML" in msg and "line" in msg
+
+
+def test_plot_training_damaged_log_line_and_a_half_written_last_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = '{"step": 1, "split": "train", "loss": 1.0, "ap_loss": 0.7}\n'
+    (run / "log.jsonl").write_text(good + '{"step": 2, "spl\n' + good.replace("1,", "3,", 1))
+    assert "log.jsonl, line 2 is not a JSON record" in _err("plot-training", run)
+    (run / "log.jsonl").write_text(good + '{"step": 2, "spl')  # the run is writing line 2
+    result = runner.invoke(app, ["plot-training", str(run), "--out", str(tmp_path / "t.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.png").stat().st_size > 0
