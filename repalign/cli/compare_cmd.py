@@ -115,6 +115,11 @@ def compare_cmd(
                 "--streaming computes scores only; drop --permutations/--bootstrap or --streaming"
             )
         check_scores_path(out, overwrite=overwrite)
+        if out.exists() and any(out.resolve() == f.resolve() for f in files):
+            raise ValueError(
+                f"--out {out} is one of the feature files being compared; "
+                "write the scores to another file"
+            )
     except (ValueError, TypeError, OSError) as exc:
         raise fail(str(exc)) from None
     try:

@@ -173,6 +173,7 @@ def extract(
         if shard:  # checked before the model loads
             shard_range(0, shard)
         check_output(out, resume=resume, overwrite=overwrite)
+        _check_not_data(out, data)
         try:
             torch.device(device)
         except RuntimeError:
@@ -208,6 +209,20 @@ def extract(
     if result.skipped:
         msg += f"; skipped {len(result.skipped)} unreadable sample(s) (see `repalign info {out}`)"
     Console().print(msg, highlight=False)
+
+
+_DATA_SUFFIXES = (".tsv", ".jsonl", ".json", ".csv", ".txt")
+
+
+def _check_not_data(out: Path, data: str) -> None:
+    """Refuse an --out that is (or looks like) the input data: --overwrite would replace it."""
+    if Path(data).exists() and out.resolve() == Path(data).resolve():
+        raise ValueError(f"--out {out} is the --data file; write the features to a .nc file")
+    if out.suffix.lower() in _DATA_SUFFIXES:
+        raise ValueError(
+            f"--out {out}: a feature file is netCDF, name it with .nc (e.g. features.nc); "
+            "did you swap --data and --out?"
+        )
 
 
 def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | None, Path, str]:

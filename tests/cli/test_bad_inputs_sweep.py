@@ -257,3 +257,25 @@ def test_plot_training_damaged_log_line_and_a_half_written_last_line(tmp_path):
     result = runner.invoke(app, ["plot-training", str(run), "--out", str(tmp_path / "t.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_compare_never_writes_scores_over_an_input_feature_file(tmp_path, feats):
+    before = _digest(feats)
+    msg = _err("compare", feats, "--out", feats, "--overwrite")
+    assert "is one of the feature files being compared" in msg
+    assert _digest(feats) == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_extract_never_writes_features_over_the_data_file(tmp_path, overwrite):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    data = tmp_path / "caps.tsv"
+    data.write_text("a red square\tred.png\nanother one\tred.png\n")
+    before = _digest(data)
+    msg = _err("extract", *TINY_VIT, "--data", data, "--out", data, *overwrite)
+    assert "already exists" in msg if not overwrite else "is the --data file" in msg
+    msg = _err("extract", *TINY_VIT, "--data", data, "--out", tmp_path / "feats.json")
+    assert "name it with .nc" in msg
+    assert _digest(data) == before and not (tmp_path / "feats.json").exists()
