@@ -43,6 +43,13 @@ def _flag_overrides(**flags: object) -> list[str]:
     return out
 
 
+def _names(text: str | None) -> list[str] | None:
+    """``"mlm, ap,"`` -> ``["mlm", "ap"]`` (a stray comma or space is not a name)."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _interrupted(err: RunInterrupted) -> typer.Exit:
     """A run stopped by Ctrl-C or SIGTERM after saving: say how to go on, exit 130/143."""
     stderr.print(f"[bold yellow]stopped:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
@@ -127,14 +134,14 @@ def pretrain(
 
     flags = _flag_overrides(
         preset=preset,
-        tasks=tasks.split(",") if tasks else None,
+        tasks=_names(tasks),
         out=out,
         **{
             "loop.steps": steps,
             "batch_size": batch_size,
             "loop.device": device,
             "loop.compile": compile,
-            "probe.metrics": probe_metrics.split(",") if probe_metrics else None,
+            "probe.metrics": _names(probe_metrics),
             "probe.every": probe_every,
         },
     )

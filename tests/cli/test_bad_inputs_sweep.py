@@ -279,3 +279,12 @@ def test_extract_never_writes_features_over_the_data_file(tmp_path, overwrite):
     msg = _err("extract", *TINY_VIT, "--data", data, "--out", tmp_path / "feats.json")
     assert "name it with .nc" in msg
     assert _digest(data) == before and not (tmp_path / "feats.json").exists()
+
+
+def test_stray_commas_in_tasks_and_probe_metrics(tmp_path):
+    msg = _err("train", "pretrain", "--probe-metrics", "cka,,nope", "--out", tmp_path / "r")
+    assert "unknown metric 'nope'" in msg  # was a YAML error about an override never typed
+    args = [*TINY_RUN, "--tasks", "ap, itc,", "--probe-metrics", "cka,", "--out", tmp_path / "ok"]
+    result = runner.invoke(app, ["train", "pretrain", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert "- itc" in (tmp_path / "ok" / "config.yaml").read_text()
