@@ -220,9 +220,12 @@ def extract(
         raise ValueError(
             f"tokens pooling cannot produce derived layers {derived}; leave them out of --layers"
         )
-    lo, hi = shard_range(
-        len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset)), cfg.shard
-    )
+    n_all = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+    lo, hi = shard_range(n_all, cfg.shard)
+    if cfg.shard and hi == lo and n_all > 0:
+        raise ValueError(
+            f"--shard {cfg.shard} of {n_all} samples holds none: split into at most {n_all} shards"
+        )
     n_total = hi - lo
     attrs = _file_attrs(adapter, cfg, how, n_total)
 

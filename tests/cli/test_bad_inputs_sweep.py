@@ -288,3 +288,11 @@ def test_stray_commas_in_tasks_and_probe_metrics(tmp_path):
     result = runner.invoke(app, ["train", "pretrain", *map(str, args)])
     assert result.exit_code == 0, result.output
     assert "- itc" in (tmp_path / "ok" / "config.yaml").read_text()
+
+
+def test_an_empty_shard_says_so(tmp_path):
+    """More shards than samples: was 'no sample could be read from synthetic:4'."""
+    out = tmp_path / "f.nc"
+    msg = _err("extract", *TINY_VIT, "--data", "synthetic:4", "--shard", "0/8", "--out", out)
+    assert "--shard 0/8 of 4 samples holds none: split into at most 4 shards" in msg
+    assert not out.exists()
