@@ -56,7 +56,10 @@ def _load_adapter(
     try:
         return cls.load(ckpt=ckpt, text_model=text_model, vision_model=vision_model, **options)
     except (ValueError, FileNotFoundError, TypeError, CheckpointError) as exc:
-        raise fail(f"cannot load model {model!r}: {exc}") from None
+        hint = ""
+        if isinstance(exc, TypeError) and model_args:  # e.g. depth=abc reaching timm's arithmetic
+            hint = f" (check the --model-arg values: {', '.join(model_args)})"
+        raise fail(f"cannot load model {model!r}: {exc}{hint}") from None
 
 
 _CKPT = typer.Option(

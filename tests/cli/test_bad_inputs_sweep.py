@@ -296,3 +296,8 @@ def test_an_empty_shard_says_so(tmp_path):
     msg = _err("extract", *TINY_VIT, "--data", "synthetic:4", "--shard", "0/8", "--out", out)
     assert "--shard 0/8 of 4 samples holds none: split into at most 4 shards" in msg
     assert not out.exists()
+
+
+def test_model_arg_of_the_wrong_type_points_at_model_arg():
+    msg = _err("layers", *TINY_VIT[1:], "--model-arg", "depth=abc")
+    assert "check the --model-arg values" in msg and "depth=abc" in msg
