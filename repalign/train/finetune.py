@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,16 @@ def finetuning_data(data: DataConfig) -> dict[str, Sequence[Sample]]:
         }
     from repalign.data.loading import load_dataset
 
+    if data.name.startswith("synthetic"):
+        raise ValueError(
+            f"fine-tuning data {data.name!r} is unknown: use synthetic-binary, or a train .jsonl "
+            "with data.eval_path=dev.jsonl"
+        )
+    if not Path(data.name).is_file():
+        raise FileNotFoundError(
+            f"fine-tuning data {data.name!r} is not a file; --data takes synthetic-binary "
+            "or a train .jsonl (with data.eval_path=dev.jsonl)"
+        )
     if data.eval_path is None:
         raise ValueError(
             "fine-tuning on a file needs a dev split: set data.eval_path=dev.jsonl "
@@ -170,7 +181,12 @@ def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str,
         if name != "train" and _labelled(split)
     }
     if "dev" not in evaluation:
-        raise ValueError("the dev split has no labels; AUROC needs labelled dev data")
+        n_dev = len(splits["dev"])
+        raise ValueError(
+            f"the dev split ({config.data.eval_path}) has no samples; AUROC needs labelled dev data"
+            if n_dev == 0
+            else "the dev split has no labels; AUROC needs labelled dev data"
+        )
     run_config = {
         "kind": "finetune",
         "model": parts["vconfig"].to_dict(),

@@ -301,3 +301,23 @@ def test_an_empty_shard_says_so(tmp_path):
 def test_model_arg_of_the_wrong_type_points_at_model_arg():
     msg = _err("layers", *TINY_VIT[1:], "--model-arg", "depth=abc")
     assert "check the --model-arg values" in msg and "depth=abc" in msg
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("synthetic", "fine-tuning data 'synthetic' is unknown: use synthetic-binary"),
+        ("missing.jsonl", "fine-tuning data 'missing.jsonl' is not a file"),
+    ],
+)
+def test_finetune_data_that_is_not_there(tmp_path, data, expected):
+    """Both said 'fine-tuning on a file needs a dev split', sending the user the wrong way."""
+    msg = _err("train", "finetune", "--data", data, "--steps", "1", "--out", tmp_path / "ft")
+    assert expected in msg
+
+
+def test_finetune_on_an_empty_dev_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    msg = _err("train", "finetune", "--data", tmp_path / "empty.jsonl", "--steps", "1",
+               f"data.eval_path={tmp_path / 'empty.jsonl'}", "--out", tmp_path / "ft")  # fmt: skip
+    assert "has no samples" in msg
