@@ -68,7 +68,12 @@ def _data_overrides(data: str | None) -> list[str]:
                 "a whole number, e.g. synthetic:2000)"
             )
         return [f"data.name={name}", f"data.n_train={int(n)}"]
-    if Path(data).is_dir() and (Path(data) / "cache.json").is_file():
+    if Path(data).is_dir():
+        if not (Path(data) / "cache.json").is_file():
+            raise ValueError(
+                f"--data {data} is a folder but not an image cache (no cache.json); build one "
+                "with `repalign data cache`, or pass a captions .tsv"
+            )
         return [f"data.cache={data}"]
     return [f"data.name={data}"]
 

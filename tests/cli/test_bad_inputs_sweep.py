@@ -321,3 +321,8 @@ def test_finetune_on_an_empty_dev_file(tmp_path):
     msg = _err("train", "finetune", "--data", tmp_path / "empty.jsonl", "--steps", "1",
                f"data.eval_path={tmp_path / 'empty.jsonl'}", "--out", tmp_path / "ft")  # fmt: skip
     assert "has no samples" in msg
+
+
+def test_pretrain_data_folder_that_is_not_a_cache(tmp_path):
+    msg = _err("train", "pretrain", "--data", tmp_path, "--out", tmp_path / "r")
+    assert "is a folder but not an image cache" in msg  # said: cannot tell the format from ''
