@@ -118,7 +118,7 @@ def pretrain(
     ),
     tasks: str | None = typer.Option(None, help="Comma-separated subset of mlm,mim,ap,itc."),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, min=1, help="Optimizer steps."),
+    steps: int | None = typer.Option(None, min=0, help="Optimizer steps."),
     batch_size: int | None = typer.Option(None, help="Pairs per step."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
@@ -175,7 +175,7 @@ def finetune(
         None, help="synthetic-binary, or a train .jsonl (set data.eval_path=dev.jsonl)."
     ),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, min=1, help="Optimizer steps (at most)."),
+    steps: int | None = typer.Option(None, min=0, help="Optimizer steps (at most)."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda ..."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN/last identically."),
     overwrite: bool = typer.Option(

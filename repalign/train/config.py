@@ -23,6 +23,14 @@ from repalign._suggest import did_you_mean
 T = TypeVar("T")
 
 
+def _at_least(config: Any, section: str, minimums: Mapping[str, float]) -> None:
+    """Refuse a setting below its minimum, naming it as an override would (``loop.steps``)."""
+    for key, low in minimums.items():
+        value = getattr(config, key)
+        if value < low:
+            raise ValueError(f"{section}.{key} must be >= {low:g}, got {value!r}")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with warmup then decay; pretrained towers train at ``pretrained_lr_scale`` x lr."""
@@ -39,6 +47,9 @@ class OptimConfig:
     # Parameter-name prefixes trained at ``pretrained_lr_scale``; when empty the model's
     # own ``pretrained_prefixes`` attribute (if any) decides.
     pretrained_prefixes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _at_least(self, "optim", {"lr": 0, "warmup_steps": 0})
 
 
 @dataclass
@@ -60,6 +71,12 @@ class LoopConfig:
     # machine, where OpenMP threads of several processes spin against each other.
     threads: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # steps=0 is allowed: the model at its initialisation, evaluated and saved (a baseline)
+        _at_least(self, "loop", {"steps": 0, "grad_accum": 1, "log_every": 1, "eval_every": 0,
+                                 "checkpoint_every": 0, "keep_checkpoints": 0, "num_workers": 0,
+                                 "threads": 0})  # fmt: skip
 
 
 @dataclass
@@ -84,6 +101,9 @@ class ProbeConfig:
     metrics: list[str] = field(default_factory=list)
     every: int = 0
     n: int = 256
+
+    def __post_init__(self) -> None:
+        _at_least(self, "probe", {"every": 0, "n": 1})
 
 
 @dataclass

@@ -211,8 +211,8 @@ def test_resume_without_a_checkpoint_is_an_error_line(tmp_path):
     assert "no checkpoint at" in msg
 
 
-def test_pretrain_zero_steps_and_bad_synthetic_spec(tmp_path):
-    result = runner.invoke(app, ["train", "pretrain", "--steps", "0", "--out", str(tmp_path)])
+def test_pretrain_negative_steps_and_bad_synthetic_spec(tmp_path):
+    result = runner.invoke(app, ["train", "pretrain", "--steps", "-1", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--steps" in result.output
     msg = _err("train", "pretrain", "--data", "synthetic:abc", "--out", tmp_path / "r")
     assert "bad --data 'synthetic:abc'" in msg and "synthetic:N" in msg
@@ -326,3 +326,27 @@ def test_finetune_on_an_empty_dev_file(tmp_path):
 def test_pretrain_data_folder_that_is_not_a_cache(tmp_path):
     msg = _err("train", "pretrain", "--data", tmp_path, "--out", tmp_path / "r")
     assert "is a folder but not an image cache" in msg  # said: cannot tell the format from ''
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("loop.log_every=0", "loop.log_every must be >= 1, got 0"),  # was a ZeroDivisionError
+        ("loop.steps=-3", "loop.steps must be >= 0, got -3"),  # exited 0 without training
+        ("loop.grad_accum=0", "loop.grad_accum must be >= 1, got 0"),
+        ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0, got -5"),
+        ("probe.n=0", "probe.n must be >= 1, got 0"),  # said 'batch_size must be >= 1'
+    ],
+)
+def test_config_values_out_of_range(tmp_path, override, expected):
+    out = tmp_path / "r"
+    assert expected in _err("train", "pretrain", *TINY_RUN, override, "--out", out)
+    assert not out.exists()
+
+
+def test_zero_steps_saves_the_initialisation(tmp_path):
+    """--steps 0 stays allowed: the untrained model, evaluated and saved (a baseline)."""
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", "pretrain", *TINY_RUN, "--steps", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "last" / "model.safetensors").is_file()
