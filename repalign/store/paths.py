@@ -11,6 +11,9 @@ from pathlib import Path
 PathsLike = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 
+_EXAMPLES = {"score": "'scores-*.nc'"}  # pattern examples by kind of file; shards by default
+
+
 def is_pattern(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds glob characters (``*``, ``?``, ``[``)."""
     return glob.has_magic(os.fspath(path))
@@ -29,8 +32,9 @@ def expand_paths(paths: PathsLike, *, what: str = "shard") -> list[Path]:
         if is_pattern(text):
             hits = sorted(glob.glob(text))
             if not hits:
+                example = _EXAMPLES.get(what, "'feats.shard*of4.nc'")
                 raise FileNotFoundError(
-                    f"no file matches {text!r}; check the pattern (e.g. 'feats.shard*of4.nc')"
+                    f"no file matches {text!r}; check the pattern (e.g. {example})"
                 )
             out += [Path(h) for h in hits]
         else:

@@ -350,3 +350,8 @@ def test_zero_steps_saves_the_initialisation(tmp_path):
     result = runner.invoke(app, ["train", "pretrain", *TINY_RUN, "--steps", "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "last" / "model.safetensors").is_file()
+
+
+def test_plot_pattern_matching_nothing_gives_a_score_file_example(tmp_path):
+    msg = _err("plot", tmp_path / "run*.nc")
+    assert "no file matches" in msg and "'scores-*.nc'" in msg and "shard" not in msg
