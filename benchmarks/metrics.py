@@ -106,7 +106,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--knn-n", type=int, default=None, help="n for the mutual k-NN scale check")
     parser.add_argument(
-        "--sections", default="single,grid,knn,each", help="comma list of: single, grid, knn, each"
+        "--sections",
+        default="single,grid,knn,each,perm",
+        help="comma list of: single, grid, knn, each, perm",
     )
     args = parser.parse_args()
     dev = torch.device(args.device)
@@ -134,6 +136,8 @@ def main() -> None:
         _knn_grid(dev, q, n_layers, width, table)
     if "each" in sections:
         _each(args, dev, q, n_metric, table)
+    if "perm" in sections:
+        _permutations(dev, q, table)
     if args.knn_n and "mutual_knn" in list_metrics():
         x, y = layers(args.knn_n, [768, 768], dev, seed=4)
         ours = timeit(lambda: get_metric("mutual_knn").fn(x, y, k=10), dev, repeat=1)
@@ -242,6 +246,29 @@ def _each(args, dev, q, n_metric, table) -> None:
         )
         table.add(
             "  same, dtype=float32 (as the peers compute)", ours32, peer_name, peer, ">= 1x (CPU)"
+        )
+
+
+def _permutations(dev, q, table) -> None:
+    """Permutation nulls: reordering the prepared state (the ``permute`` hook) against
+    re-preparing the shuffled layer every time, as before the hook existed."""
+    from dataclasses import replace
+
+    from repalign.metrics import permutation_test
+
+    n, perms = (300, 20) if q else (1000, 50)
+    x, y = layers(n, [768, 1024], dev, seed=5)
+    for name in ("cka", "cca"):
+        spec = get_metric(name)
+        hooked = timeit(lambda spec=spec: permutation_test(spec, x, y, n_permutations=perms), dev)
+        plain = replace(spec, permute=None)
+        ref = timeit(lambda plain=plain: permutation_test(plain, x, y, n_permutations=perms), dev)
+        table.add(
+            f"{name} permutation test, {perms} perms, n={n} 768x1024",
+            hooked,
+            "re-prepare each permutation",
+            ref,
+            "faster than re-preparing",
         )
 
 

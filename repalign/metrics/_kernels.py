@@ -84,6 +84,11 @@ class UnbiasedState:
         rows = kt.sum(dim=1)
         return cls(kt, rows, rows.sum())
 
+    def permuted(self, perm: torch.Tensor) -> UnbiasedState:
+        """The state of the kernel of the rows reordered by ``perm``."""
+        k = self.k_tilde.index_select(0, perm).index_select(1, perm)
+        return UnbiasedState(k, self.row_sums[perm], self.total)
+
 
 def unbiased_hsic_from_parts(
     trace_kl: torch.Tensor,
@@ -128,6 +133,10 @@ class LinearUnbiasedParts:
         colsum = xc.sum(dim=0)
         rows = xc @ colsum - diag
         return cls(diag, rows, colsum.dot(colsum) - diag.sum())
+
+    def permuted(self, perm: torch.Tensor) -> LinearUnbiasedParts:
+        """The parts of the rows reordered by ``perm``."""
+        return LinearUnbiasedParts(self.diag[perm], self.rows[perm], self.total)
 
 
 def linear_unbiased_hsic(

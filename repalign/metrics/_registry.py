@@ -31,6 +31,8 @@ class MetricSpec:
     ``prepare`` once per layer and ``combine`` once per pair, or, where the
     metric provides it, ``grid(states_x, states_y, same=...)`` once for the
     whole grid (one large matrix product instead of many small ones).
+    ``permute(state, perm)``, where given, is the state of the same layer with its
+    rows reordered by ``perm`` (for permutation tests: no re-preparing).
     """
 
     name: str
@@ -47,6 +49,7 @@ class MetricSpec:
     prepare: Callable[..., Any] | None = None
     combine: Callable[..., torch.Tensor] | None = None
     grid: Callable[..., torch.Tensor] | None = None
+    permute: Callable[[Any, torch.Tensor], Any] | None = None
     options: tuple[str, ...] = field(default=())
 
     @property
@@ -77,6 +80,7 @@ def register_metric(
     prepare: Callable[..., Any] | None = None,
     combine: Callable[..., torch.Tensor] | None = None,
     grid: Callable[..., torch.Tensor] | None = None,
+    permute: Callable[[Any, torch.Tensor], Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register a metric function under its own name (or ``name``)."""
@@ -103,6 +107,7 @@ def register_metric(
             prepare=prepare,
             combine=combine,
             grid=grid,
+            permute=permute,
             options=options,
         )
         return fn

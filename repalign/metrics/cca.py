@@ -46,6 +46,11 @@ def _cca_prepare(x: torch.Tensor) -> CCAState:
     return CCAState(xc, q)
 
 
+def _cca_permute(state: CCAState, perm: torch.Tensor) -> CCAState:
+    """The state of ``x[perm]``: reordering rows reorders the rows of the basis too."""
+    return CCAState(state.xc[perm], state.q[perm])
+
+
 def _canonical(a: CCAState, b: CCAState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Canonical correlations (descending, min(ra, rb) of them) and the rotations U, V."""
     m = a.q.T @ b.q
@@ -65,6 +70,7 @@ def _cca_combine(a: CCAState, b: CCAState, **_: object) -> torch.Tensor:
     reference="Hotelling 1936, Relations between two sets of variates, Biometrika",
     prepare=_cca_prepare,
     combine=_cca_combine,
+    permute=_cca_permute,
 )
 def cca(x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     r"""Mean canonical correlation of centered ``x (n, d1)`` and ``y (n, d2)``.
@@ -118,6 +124,7 @@ def _svcca_prepare(x: torch.Tensor, *, keep: float | int = 0.99) -> CCAState:
     reference="Raghu et al. 2017, SVCCA: Singular Vector Canonical Correlation Analysis, NeurIPS",
     prepare=_svcca_prepare,
     combine=_cca_combine,
+    permute=_cca_permute,
     # duplicated rows shrink the spread of singular values, so `keep` selects other directions
     duplicates_ok=False,
 )
@@ -157,6 +164,7 @@ def _pwcca_combine(a: CCAState, b: CCAState, **_: object) -> torch.Tensor:
     reference="Morcos, Raghu, Bengio 2018, Insights on representational similarity in neural networks with canonical correlation, NeurIPS",
     prepare=_cca_prepare,
     combine=_pwcca_combine,
+    permute=_cca_permute,
     symmetric=False,
 )
 def pwcca(x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:

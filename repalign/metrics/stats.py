@@ -1,7 +1,9 @@
 """Permutation null and bootstrap intervals for any registered metric.
 
 Both reuse the prepared state of the side that does not change: a
-permutation test prepares ``x`` once and only re-prepares the shuffled ``y``.
+permutation test prepares ``x`` once, and the shuffled ``y`` is either re-prepared or,
+for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA), its prepared state is
+reordered (a permuted Gram or orthonormal basis: no SVD or kernel per permutation).
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ def permutation_test(
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
     x, y = check_pair(x, y, dtype=dtype, min_rows=max(spec.min_rows, 3))
-    state_x = spec.prepare(x, **options)
-    observed = spec.combine(state_x, spec.prepare(y, **options), **options)
+    state_x, state_y = spec.prepare(x, **options), spec.prepare(y, **options)
+    observed = spec.combine(state_x, state_y, **options)
     gen = _generator(seed)
     null = torch.empty(n_permutations, dtype=dtype, device=x.device)
     for b in range(n_permutations):
         perm = torch.randperm(y.shape[0], generator=gen).to(y.device)
-        null[b] = spec.combine(state_x, spec.prepare(y[perm], **options), **options)
+        state = spec.permute(state_y, perm) if spec.permute else spec.prepare(y[perm], **options)
+        null[b] = spec.combine(state_x, state, **options)
     extreme = (null >= observed) if spec.higher_is_more_similar else (null <= observed)
     pvalue = (1.0 + extreme.sum()) / (1.0 + n_permutations)
     return {

@@ -64,3 +64,57 @@ def test_knn_interval_is_not_inflated_by_duplicates():
     assert float(out["ci_low"]) <= float(out["observed"]) <= float(out["ci_high"])
     plain = bootstrap_ci("cka", x, y, n_boot=20, seed=0)
     assert int(plain["subsample"]) == 0
+
+
+PERMUTABLE = [
+    ("cka", {}),
+    ("cka", {"unbiased": True}),
+    ("cka", {"kernel": "rbf"}),
+    ("cka", {"kernel": "rbf", "unbiased": True}),
+    ("cca", {}),
+    ("svcca", {"keep": 0.9}),
+    ("pwcca", {}),
+]
+
+
+def test_every_metric_with_a_permute_hook_is_checked_here():
+    from repalign.metrics import get_metric, list_metrics
+
+    hooked = {m for m in list_metrics() if get_metric(m).permute is not None}
+    assert hooked == {name for name, _ in PERMUTABLE}
+
+
+@pytest.mark.parametrize("name,options", PERMUTABLE)
+@pytest.mark.parametrize("gram", [True, False])
+def test_permuted_state_equals_preparing_the_permuted_rows(name, options, gram, monkeypatch):
+    """``permute(prepare(y), π)`` must score as ``prepare(y[π])`` does, on both CKA routes."""
+    import importlib
+
+    from repalign.metrics import get_metric
+
+    cka_module = importlib.import_module("repalign.metrics.cka")
+
+    if not gram:  # as for n too large for the permuted-Gram route
+        monkeypatch.setattr(cka_module, "_PERMUTE_GRAM_BYTES", 0)
+    spec = get_metric(name)
+    x, y = related_pair(60, 7, 5)
+    sx, sy = spec.prepare(x, **options), spec.prepare(y, **options)
+    for seed in range(3):
+        perm = torch.randperm(60, generator=torch.Generator().manual_seed(seed))
+        got = spec.combine(sx, spec.permute(sy, perm), **options)
+        want = spec.combine(sx, spec.prepare(y[perm], **options), **options)
+        assert float(got) == pytest.approx(float(want), rel=1e-10, abs=1e-12)
+
+
+def test_permutation_null_is_unchanged_by_the_permute_hook():
+    from dataclasses import replace
+
+    from repalign.metrics import get_metric
+
+    x, y = related_pair(80, 6, 9)
+    for name in ("cka", "cca"):
+        spec = get_metric(name)
+        fast = permutation_test(spec, x, y, n_permutations=30, seed=5)
+        slow = permutation_test(replace(spec, permute=None), x, y, n_permutations=30, seed=5)
+        torch.testing.assert_close(fast["null"], slow["null"], rtol=1e-10, atol=1e-12)
+        assert float(fast["pvalue"]) == float(slow["pvalue"])
