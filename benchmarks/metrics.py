@@ -258,7 +258,7 @@ def _permutations(dev, q, table) -> None:
 
     n, perms = (300, 20) if q else (1000, 50)
     x, y = layers(n, [768, 1024], dev, seed=5)
-    for name in ("cka", "cca"):
+    for name in ("cka", "cca", "mutual_knn"):
         spec = get_metric(name)
         hooked = timeit(lambda spec=spec: permutation_test(spec, x, y, n_permutations=perms), dev)
         plain = replace(spec, permute=None)

@@ -2,8 +2,9 @@
 
 Both reuse the prepared state of the side that does not change: a
 permutation test prepares ``x`` once, and the shuffled ``y`` is either re-prepared or,
-for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA), its prepared state is
-reordered (a permuted Gram or orthonormal basis: no SVD or kernel per permutation).
+for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA, mutual k-NN, CKNNA), its
+prepared state is reordered (a permuted Gram, basis or neighbour graph: no SVD, kernel
+or neighbour search per permutation).
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ PERMUTABLE = [
     ("cca", {}),
     ("svcca", {"keep": 0.9}),
     ("pwcca", {}),
+    ("mutual_knn", {"k": 5}),
+    ("cknna", {"k": 5}),
 ]
 
 
@@ -112,7 +114,7 @@ def test_permutation_null_is_unchanged_by_the_permute_hook():
     from repalign.metrics import get_metric
 
     x, y = related_pair(80, 6, 9)
-    for name in ("cka", "cca"):
+    for name in ("cka", "cca", "mutual_knn"):
         spec = get_metric(name)
         fast = permutation_test(spec, x, y, n_permutations=30, seed=5)
         slow = permutation_test(replace(spec, permute=None), x, y, n_permutations=30, seed=5)
