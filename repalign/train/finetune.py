@@ -171,7 +171,7 @@ def build(config: FinetuneConfig) -> dict[str, Any]:
 
 def run_finetuning(config: FinetuneConfig, *, resume: bool = False) -> dict[str, float]:
     """Fine-tune, evaluate the best weights on dev and test, write ``RUN/eval.json``."""
-    out = start_run(config)
+    out = start_run(config, resume=resume)
     parts = build(config)
     model, splits = parts["model"], parts["splits"]
     seed = config.loop.seed

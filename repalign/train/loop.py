@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from repalign import distributed
@@ -303,8 +304,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        elif self.log.path.exists() and self.is_main:
-            self.log.path.unlink()
+            if self.is_main and "run" in self.run_config:  # the config the run goes on with
+                (self.run_dir / "config.yaml").write_text(
+                    yaml.safe_dump(self.run_config["run"], sort_keys=False)
+                )
+        elif self.is_main:
+            self._clear_previous_run()
         if self.step == 0:
             seed_everything(self.loop.seed)
         self.model.train()
@@ -390,6 +395,22 @@ class Trainer:
             distributed.barrier()  # rank 0 has written everything before any rank leaves
             distributed.destroy()
 
+    def _clear_previous_run(self) -> None:
+        """A new run in a folder that holds an earlier one: remove that run's outputs, so its
+        checkpoints are neither mixed with the new run's nor pruned in their place."""
+        names = ("last", "checkpoints", "best", "eval.json", "log.csv", "training.png")
+        old = [self.run_dir / n for n in names if (self.run_dir / n).exists()]
+        if old:
+            log.warning(
+                "starting a new run in %s: removing the earlier run's %s",
+                self.run_dir,
+                ", ".join(p.name for p in old),
+            )
+        for path in old:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if self.log.path.exists():
+            self.log.path.unlink()
+
     def _stop_requested(self, stop: StopOnSignal, logged: bool) -> bool:
         """Whether a signal asks to stop after this step. Under DDP every rank must leave
         the loop after the same step, so ranks agree at log steps (which sync anyway)."""
@@ -459,12 +480,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(config: Any) -> Path:
+def start_run(config: Any, *, resume: bool = False) -> Path:
     """Create ``config.out``, save the config there (rank 0 only under torchrun) and seed
-    everything from ``config.loop.seed``, before the model is built; return the run folder."""
+    everything from ``config.loop.seed``, before the model is built; return the run folder.
+
+    A resumed run's config is saved by :meth:`Trainer.fit` once the checkpoint accepted
+    it: a refused resume must leave the run's own ``config.yaml`` as it was."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main_process():  # under torchrun only rank 0 writes files
+    if distributed.is_main_process() and not resume:  # under torchrun only rank 0 writes
         save_config(config, out / "config.yaml")
     seed_everything(config.loop.seed)  # model initialisation is part of the run
     return out

@@ -169,7 +169,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
             "task_ratios are not supported under torchrun: each rank would draw its own tasks "
             "(the ranks' RNG streams drift apart); drop task_ratios or run one process"
         )
-    out = start_run(config)
+    out = start_run(config, resume=resume)
     parts = build(config)
     model, tasks = parts["model"], parts["tasks"]
     n_params = sum(p.numel() for p in model.parameters())

@@ -56,3 +56,23 @@ def test_plot_training_without_a_log_says_so(tmp_path):
     result = runner.invoke(app, ["plot-training", str(tmp_path)])
     assert result.exit_code == 2
     assert "log.jsonl does not exist" in result.output
+
+
+def test_refused_resume_keeps_the_config_and_overwrite_clears_the_old_run(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "pretrain", "--preset", "tiny", "--data", "synthetic:32", "--tasks", "itc"]
+    base += ["--out", str(out), "--batch-size", "8", "data.n_eval=8", "loop.progress=false"]
+    first = runner.invoke(app, [*base, "--steps", "3", "loop.checkpoint_every=2"])
+    assert first.exit_code == 0, first.output
+    assert (out / "checkpoints" / "step-2").is_dir()
+    config = (out / "config.yaml").read_text()
+
+    refused = runner.invoke(app, [*base, "--steps", "4", "--resume", "model.hidden_size=48"])
+    assert refused.exit_code == 2 and "model config differs" in refused.output
+    assert (out / "config.yaml").read_text() == config  # the run's own config, untouched
+
+    again = runner.invoke(app, [*base, "--steps", "1", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert not (out / "checkpoints").exists()  # the earlier run's step-2 is not left behind
+    assert json.loads((out / "eval.json").read_text())
+    assert "steps: 1" in (out / "config.yaml").read_text()
