@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import repalign
 from repalign.provenance import library_versions, sha256_file, sha256_ids
-from repalign.store.schema import SAMPLE_ID
+from repalign.store.schema import SAMPLE_ID, SHARD
 from repalign.store.scores import LayerAxis, MetricScores, metric_label, scores_dataset
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,14 @@ def load_side(
 def describe_layers(ds: xr.Dataset, patterns: Sequence[str], *, where: str) -> LayerAxis:
     """The layers of an open feature file matching ``patterns``, with their streams and
     relative depths; unpooled layers (one vector per token) are refused."""
+    shard = str(ds.attrs.get(SHARD, ""))
+    if shard:
+        log.warning(
+            "%s is shard %s of a sharded extraction: it holds only that part of the samples; "
+            "pass all shards (a glob such as 'feats.shard*.nc') or `repalign merge` them first",
+            where,
+            shard,
+        )
     names = select_layers(_layer_variables(ds), patterns, where=where)
     for name in names:
         if ds[name].ndim != 2:

@@ -116,3 +116,18 @@ def test_streaming_compare_reads_shards_directly(extraction):
     merged = streaming_compare([str(tmp / "f.shard*of3.nc")], **kw)
     np.testing.assert_allclose(merged["score"].values, full["score"].values, rtol=1e-12)
     assert len(json.loads(merged.attrs["feature_files_sha256"])) == 3
+
+
+def test_compare_warns_that_one_shard_is_part_of_the_samples(extraction, caplog):
+    from repalign.compare import compare
+
+    tmp, shards = extraction
+    with open_features(tmp / "full.nc") as ds:
+        if any(v.ndim != 2 for v in ds.data_vars.values()):
+            pytest.skip("compare needs pooled features")
+    with caplog.at_level("WARNING", logger="repalign.compare"):
+        compare([str(tmp / "f.shard*of3.nc")], ["cka"], progress=False)
+        assert not [r for r in caplog.records if "is shard" in r.getMessage()]
+        compare([shards[1]], ["cka"], progress=False)
+    (warned,) = [r.getMessage() for r in caplog.records if "is shard" in r.getMessage()]
+    assert "shard 1/3" in warned and "repalign merge" in warned
