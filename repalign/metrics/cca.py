@@ -32,17 +32,34 @@ class CCAState:
         return int(self.xc.shape[1])
 
 
-def _orthonormal_basis(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left singular vectors and singular values of ``xc`` above NumPy's rank tolerance."""
+def rounding_floor(x: torch.Tensor) -> torch.Tensor:
+    """The size of ``x``'s own rounding: ``eps · ‖x‖_F``, with the eps of the precision its
+    values carry (float32's when every value is a float32 number, as the rows of a feature
+    file are, even after conversion to float64). Singular directions of the centered rows
+    below it are rounding noise, not structure."""
+    eps = torch.finfo(x.dtype).eps
+    if x.dtype == torch.float64 and torch.equal(x.float().double(), x):
+        eps = torch.finfo(torch.float32).eps
+    return eps * torch.linalg.norm(x)
+
+
+def _orthonormal_basis(
+    xc: torch.Tensor, floor: torch.Tensor | float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values of ``xc`` above the rank tolerance:
+    NumPy's (``s_max · max(n, d) · eps``) or ``floor``, whichever is larger."""
     u, s, _ = torch.linalg.svd(xc, full_matrices=False)
-    tol = s.max() * max(xc.shape) * torch.finfo(xc.dtype).eps
+    tol = torch.maximum(
+        s.max() * max(xc.shape) * torch.finfo(xc.dtype).eps,
+        torch.as_tensor(floor, dtype=s.dtype, device=s.device),
+    )
     r = int((s > tol).sum())
     return u[:, :r], s[:r]
 
 
 def _cca_prepare(x: torch.Tensor) -> CCAState:
     xc = center(x)
-    q, _ = _orthonormal_basis(xc)
+    q, _ = _orthonormal_basis(xc, rounding_floor(x))
     return CCAState(xc, q)
 
 
@@ -77,13 +94,14 @@ def cca(x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64)
 
     .. math:: \bar\rho = \frac{1}{r}\sum_{i=1}^{r} \sigma_i(Q_x^\top Q_y),\quad r = \min(\mathrm{rank}\,x, \mathrm{rank}\,y)
 
-    with Q_x, Q_y orthonormal bases (rank-revealing SVD, NumPy's tolerance) of
-    the centered inputs. Invariant to any invertible linear map of either input.
+    with Q_x, Q_y orthonormal bases (rank-revealing SVD) of the centered inputs.
+    The rank tolerance is NumPy's (``s_max · max(n, d) · eps``) or the rows' own
+    rounding level (:func:`rounding_floor`: ``eps · ‖x‖_F`` with float32's eps when
+    the values are float32 numbers, as a feature file's are), whichever is larger:
+    a low-rank layer stored in float32 is scored on its real directions, not on its
+    rounding noise as well. Invariant to any invertible linear map of either input.
     When rank x + rank y >= n - 1 the canonical correlations are trivially 1:
-    use more samples than dimensions, or :func:`svcca`. The tolerance is float64's,
-    so a low-rank layer stored in float32 counts its rounding-noise directions
-    (about 1e-8 of the largest singular value) in ``r``, and their near-zero
-    correlations pull the mean down: :func:`svcca` leaves them out.
+    use more samples than dimensions, or :func:`svcca`.
 
     Reference: Hotelling (1936); Raghu et al. (2017) for its use on networks.
     """
@@ -103,7 +121,7 @@ def _check_keep(keep: float | int) -> None:
 def _svcca_prepare(x: torch.Tensor, *, keep: float | int = 0.99) -> CCAState:
     _check_keep(keep)
     xc = center(x)
-    q, s = _orthonormal_basis(xc)
+    q, s = _orthonormal_basis(xc, rounding_floor(x))
     if isinstance(keep, float):
         explained = torch.cumsum(s * s, 0) / (s * s).sum()
         # the smallest count whose explained variance reaches `keep` (rounding-tolerant)
