@@ -117,10 +117,10 @@ def whitening_map(c: torch.Tensor) -> torch.Tensor:
     ``λ_max · d · eps``, so the directions kept are those above it: singular values
     of the centered rows above ``s_max · sqrt(d · eps)`` (about ``3e-7 · s_max`` for
     d = 384 in float64). Whitening the ones below would amplify rounding noise into
-    spurious canonical correlations. An exactly rank-deficient layer gives the same
-    correlations as :func:`repalign.metrics.cca`; a layer with nonzero singular values
-    below that level (a low-rank layer plus float32 rounding, say) loses them here,
-    where the in-memory ``cca``, working on the rows, keeps them.
+    spurious canonical correlations. A rank-deficient layer, exactly or up to float32
+    rounding, gives the same correlations as :func:`repalign.metrics.cca`; a layer
+    with real directions below that level loses them here, where the in-memory
+    ``cca``, working on the rows, keeps them.
     """
     evals, evecs = torch.linalg.eigh(c)
     keep = evals > evals.max() * max(c.shape[0], 2) * torch.finfo(c.dtype).eps
