@@ -250,11 +250,11 @@ def _each(args, dev, q, n_metric, table) -> None:
 
 
 def _permutations(dev, q, table) -> None:
-    """Permutation nulls: reordering the prepared state (the ``permute`` hook) against
-    re-preparing the shuffled layer every time, as before the hook existed."""
+    """Permutation nulls and bootstrap intervals: cutting them from the prepared state (the
+    ``permute`` and ``resample`` hooks) against re-preparing every time, as before."""
     from dataclasses import replace
 
-    from repalign.metrics import permutation_test
+    from repalign.metrics import bootstrap_ci, permutation_test
 
     n, perms = (300, 20) if q else (1000, 50)
     x, y = layers(n, [768, 1024], dev, seed=5)
@@ -270,6 +270,17 @@ def _permutations(dev, q, table) -> None:
             ref,
             "faster than re-preparing",
         )
+    spec = get_metric("cka")
+    hooked = timeit(lambda: bootstrap_ci(spec, x, y, n_boot=perms), dev)
+    plain = replace(spec, resample=None)
+    ref = timeit(lambda: bootstrap_ci(plain, x, y, n_boot=perms), dev)
+    table.add(
+        f"cka bootstrap interval, {perms} resamples, n={n} 768x1024",
+        hooked,
+        "re-prepare each resample",
+        ref,
+        "faster than re-preparing",
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ class MetricSpec:
     metric provides it, ``grid(states_x, states_y, same=...)`` once for the
     whole grid (one large matrix product instead of many small ones).
     ``permute(state, perm)``, where given, is the state of the same layer with its
-    rows reordered by ``perm`` (for permutation tests: no re-preparing).
+    rows reordered by ``perm`` (for permutation tests: no re-preparing);
+    ``resample(state, idx)`` the state of rows ``idx`` (repeats allowed, for bootstrap
+    intervals), or ``None`` where the state cannot give it (then ``fn`` is called).
     """
 
     name: str
@@ -50,6 +52,7 @@ class MetricSpec:
     combine: Callable[..., torch.Tensor] | None = None
     grid: Callable[..., torch.Tensor] | None = None
     permute: Callable[[Any, torch.Tensor], Any] | None = None
+    resample: Callable[[Any, torch.Tensor], Any] | None = None
     options: tuple[str, ...] = field(default=())
 
     @property
@@ -81,6 +84,7 @@ def register_metric(
     combine: Callable[..., torch.Tensor] | None = None,
     grid: Callable[..., torch.Tensor] | None = None,
     permute: Callable[[Any, torch.Tensor], Any] | None = None,
+    resample: Callable[[Any, torch.Tensor], Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register a metric function under its own name (or ``name``)."""
@@ -108,6 +112,7 @@ def register_metric(
             combine=combine,
             grid=grid,
             permute=permute,
+            resample=resample,
             options=options,
         )
         return fn

@@ -71,6 +71,25 @@ def permutation_test(
     }
 
 
+def _resampled_score(
+    spec: MetricSpec,
+    states: tuple[Any, Any] | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    dtype: torch.dtype,
+    options: dict[str, Any],
+) -> torch.Tensor:
+    """The metric on rows ``idx`` of both layers: from the prepared states where the metric
+    can resample them, else by preparing the rows anew."""
+    if states is not None:
+        sx = spec.resample(states[0], idx)
+        sy = spec.resample(states[1], idx) if sx is not None else None
+        if sy is not None:
+            return spec.combine(sx, sy, **options)
+    return spec.fn(x[idx], y[idx], dtype=dtype, **options)
+
+
 def bootstrap_ci(
     metric: str | MetricSpec,
     x: Any,
@@ -118,6 +137,8 @@ def bootstrap_ci(
     if subsample and m < spec.min_rows + 1:
         raise ValueError(f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}")
     boot = torch.empty(n_boot, dtype=dtype, device=x.device)
+    # with a resample hook, each resample is cut from the prepared layers (CKA: its Gram)
+    states = (spec.prepare(x, **options), spec.prepare(y, **options)) if spec.resample else None
     done = 0
     for _ in range(50 * n_boot):
         if done == n_boot:
@@ -127,7 +148,7 @@ def bootstrap_ci(
         else:
             idx = torch.randint(n, (n,), generator=gen).to(x.device)
         try:
-            boot[done] = spec.fn(x[idx], y[idx], dtype=dtype, **options)
+            boot[done] = _resampled_score(spec, states, x, y, idx, dtype, options)
         except ValueError:
             continue  # a degenerate resample (e.g. every row equal): draw another
         done += 1

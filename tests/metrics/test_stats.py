@@ -120,3 +120,43 @@ def test_permutation_null_is_unchanged_by_the_permute_hook():
         slow = permutation_test(replace(spec, permute=None), x, y, n_permutations=30, seed=5)
         torch.testing.assert_close(fast["null"], slow["null"], rtol=1e-10, atol=1e-12)
         assert float(fast["pvalue"]) == float(slow["pvalue"])
+
+
+def test_resampled_cka_state_equals_preparing_the_resampled_rows():
+    from repalign.metrics import get_metric
+
+    spec = get_metric("cka")
+    x, y = related_pair(70, 9, 4)
+    sx, sy = spec.prepare(x), spec.prepare(y)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        idx = torch.randint(70, (70,), generator=gen)  # with repeats, as the bootstrap draws
+        got = spec.combine(spec.resample(sx, idx), spec.resample(sy, idx))
+        assert float(got) == pytest.approx(float(cka(x[idx], y[idx])), rel=1e-10)
+    for options in ({"unbiased": True}, {"kernel": "rbf"}):  # not derivable: fn is used
+        assert spec.resample(spec.prepare(x, **options), idx) is None
+
+
+def test_bootstrap_interval_is_unchanged_by_the_resample_hook():
+    from dataclasses import replace
+
+    from repalign.metrics import get_metric
+
+    x, y = related_pair(60, 5, 7)
+    spec = get_metric("cka")
+    fast = bootstrap_ci(spec, x, y, n_boot=40, seed=2)
+    slow = bootstrap_ci(replace(spec, resample=None), x, y, n_boot=40, seed=2)
+    torch.testing.assert_close(fast["boot"], slow["boot"], rtol=1e-10, atol=1e-12)
+    assert float(fast["ci_low"]) == pytest.approx(float(slow["ci_low"]), rel=1e-10)
+
+
+def test_a_degenerate_resample_is_drawn_again():
+    from repalign.metrics import get_metric
+
+    x = torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=torch.float64).repeat(1, 3)
+    x = x + 1e-3 * torch.arange(12, dtype=torch.float64).reshape(4, 3) ** 2
+    spec = get_metric("cka")
+    with pytest.raises(ValueError, match="no variance"):
+        spec.resample(spec.prepare(x), torch.zeros(4, dtype=torch.long))
+    out = bootstrap_ci("cka", x, x.flip(0), n_boot=20, seed=0)
+    assert out["boot"].isfinite().all()
