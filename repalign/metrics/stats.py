@@ -1,10 +1,11 @@
 """Permutation null and bootstrap intervals for any registered metric.
 
-Both reuse the prepared state of the side that does not change: a
-permutation test prepares ``x`` once, and the shuffled ``y`` is either re-prepared or,
-for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA, mutual k-NN, CKNNA), its
-prepared state is reordered (a permuted Gram, basis or neighbour graph: no SVD, kernel
-or neighbour search per permutation).
+A permutation test prepares ``x`` once, and the shuffled ``y`` is either re-prepared
+or, for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA, mutual k-NN, CKNNA),
+its prepared state is reordered (a permuted Gram, basis or neighbour graph: no SVD,
+kernel or neighbour search per permutation). A bootstrap resample is scored from the
+prepared layers where the metric registers ``resample`` (biased linear CKA: its Gram),
+otherwise by preparing the resampled rows.
 """
 
 from __future__ import annotations
