@@ -38,7 +38,9 @@ def rounding_floor(x: torch.Tensor) -> torch.Tensor:
     file are, even after conversion to float64). Singular directions of the centered rows
     below it are rounding noise, not structure."""
     eps = torch.finfo(x.dtype).eps
-    if x.dtype == torch.float64 and torch.equal(x.float().double(), x):
+    if x.dtype == torch.float64 and all(  # by row blocks: no full-size temporary copy
+        torch.equal(block.float().double(), block) for block in x.split(8192)
+    ):
         eps = torch.finfo(torch.float32).eps
     return eps * torch.linalg.norm(x)
 
