@@ -1,3 +1,3 @@
-from repalign.cli.main import app
+from repalign.cli.main import main
 
-app()
+main()

@@ -42,3 +42,33 @@ def _main(
 
 for _module in VERB_MODULES:
     importlib.import_module(_module).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``repalign`` console command: the typer app, with usage errors (a bad option
+    value, a missing argument, an unknown verb) reported like every other user error,
+    as one ``error:`` line on stderr with exit status 2."""
+    import sys
+
+    from repalign.cli._errors import fail
+
+    try:
+        code = app(args=argv, prog_name="repalign", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a command's own handling
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        # click's exceptions (typer may vendor its own click: matched by shape, not class)
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "NoArgsIsHelpError" in kinds:  # a bare `repalign` or `repalign train`: the help
+            err.show()
+            sys.exit(err.exit_code)
+        message = err.format_message()
+        ctx = getattr(err, "ctx", None)
+        if "UsageError" in kinds and ctx is not None:
+            message += f" (see `{ctx.command_path} --help`)"
+        fail(message)
+        sys.exit(2 if "UsageError" in kinds else err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
