@@ -33,8 +33,9 @@ class MetricSpec:
     whole grid (one large matrix product instead of many small ones).
     ``permute(state, perm)``, where given, is the state of the same layer with its
     rows reordered by ``perm`` (for permutation tests: no re-preparing);
-    ``resample(state, idx)`` the state of rows ``idx`` (repeats allowed, for bootstrap
-    intervals), or ``None`` where the state cannot give it (then ``fn`` is called).
+    ``resample(state, x, idx)`` the state of rows ``idx`` of the layer ``x`` it was
+    prepared from (repeats allowed, for bootstrap intervals), or ``None`` where it
+    cannot be derived (then ``fn`` is called on the rows).
     """
 
     name: str
@@ -52,7 +53,7 @@ class MetricSpec:
     combine: Callable[..., torch.Tensor] | None = None
     grid: Callable[..., torch.Tensor] | None = None
     permute: Callable[[Any, torch.Tensor], Any] | None = None
-    resample: Callable[[Any, torch.Tensor], Any] | None = None
+    resample: Callable[[Any, torch.Tensor, torch.Tensor], Any] | None = None
     options: tuple[str, ...] = field(default=())
 
     @property
@@ -84,7 +85,7 @@ def register_metric(
     combine: Callable[..., torch.Tensor] | None = None,
     grid: Callable[..., torch.Tensor] | None = None,
     permute: Callable[[Any, torch.Tensor], Any] | None = None,
-    resample: Callable[[Any, torch.Tensor], Any] | None = None,
+    resample: Callable[[Any, torch.Tensor, torch.Tensor], Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register a metric function under its own name (or ``name``)."""

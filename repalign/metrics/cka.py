@@ -160,7 +160,7 @@ def _cka_permute(state: CKAState, perm: torch.Tensor) -> CKAState:
     return out
 
 
-def _cka_resample(state: CKAState, idx: torch.Tensor) -> CKAState | None:
+def _cka_resample(state: CKAState, x: torch.Tensor, idx: torch.Tensor) -> CKAState | None:
     """The state of rows ``idx`` (a bootstrap resample) for biased linear CKA, from the
     layer's centered Gram: rows ``idx`` re-centered have Gram ``H K[idx, idx] H``, so a
     resample costs O(m²), not O(m·d²). ``None`` for the other variants (an RBF bandwidth

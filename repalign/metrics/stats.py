@@ -4,8 +4,9 @@ A permutation test prepares ``x`` once, and the shuffled ``y`` is either re-prep
 or, for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA, mutual k-NN, CKNNA),
 its prepared state is reordered (a permuted Gram, basis or neighbour graph: no SVD,
 kernel or neighbour search per permutation). A bootstrap resample is scored from the
-prepared layers where the metric registers ``resample`` (biased linear CKA: its Gram),
-otherwise by preparing the resampled rows.
+prepared layers where the metric registers ``resample`` (biased linear CKA: its Gram;
+mutual k-NN and CKNNA: a deeper neighbour list, filtered to the subsample), otherwise by
+preparing the resampled rows.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def _resampled_score(
     """The metric on rows ``idx`` of both layers: from the prepared states where the metric
     can resample them, else by preparing the rows anew."""
     if states is not None:
-        sx = spec.resample(states[0], idx)
-        sy = spec.resample(states[1], idx) if sx is not None else None
+        sx = spec.resample(states[0], x, idx)
+        sy = spec.resample(states[1], y, idx) if sx is not None else None
         if sy is not None:
             return spec.combine(sx, sy, **options)
     return spec.fn(x[idx], y[idx], dtype=dtype, **options)

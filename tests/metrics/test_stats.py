@@ -131,10 +131,10 @@ def test_resampled_cka_state_equals_preparing_the_resampled_rows():
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         idx = torch.randint(70, (70,), generator=gen)  # with repeats, as the bootstrap draws
-        got = spec.combine(spec.resample(sx, idx), spec.resample(sy, idx))
+        got = spec.combine(spec.resample(sx, x, idx), spec.resample(sy, y, idx))
         assert float(got) == pytest.approx(float(cka(x[idx], y[idx])), rel=1e-10)
     for options in ({"unbiased": True}, {"kernel": "rbf"}):  # not derivable: fn is used
-        assert spec.resample(spec.prepare(x, **options), idx) is None
+        assert spec.resample(spec.prepare(x, **options), x, idx) is None
 
 
 def test_bootstrap_interval_is_unchanged_by_the_resample_hook():
@@ -157,6 +157,35 @@ def test_a_degenerate_resample_is_drawn_again():
     x = x + 1e-3 * torch.arange(12, dtype=torch.float64).reshape(4, 3) ** 2
     spec = get_metric("cka")
     with pytest.raises(ValueError, match="no variance"):
-        spec.resample(spec.prepare(x), torch.zeros(4, dtype=torch.long))
+        spec.resample(spec.prepare(x), x, torch.zeros(4, dtype=torch.long))
     out = bootstrap_ci("cka", x, x.flip(0), n_boot=20, seed=0)
     assert out["boot"].isfinite().all()
+
+
+@pytest.mark.parametrize("name", ["mutual_knn", "cknna"])
+@pytest.mark.parametrize("fraction", [0.5, 0.2])  # 0.2: many rows need the exact search
+def test_knn_subsample_state_equals_preparing_the_subsample(name, fraction):
+    from repalign.metrics import get_metric
+
+    spec = get_metric(name)
+    x, y = related_pair(150, 6, 5)
+    sx, sy = spec.prepare(x, k=4), spec.prepare(y, k=4)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        idx = torch.randperm(150, generator=gen)[: int(150 * fraction)]
+        got = spec.combine(spec.resample(sx, x, idx), spec.resample(sy, y, idx), k=4)
+        want = spec.fn(x[idx], y[idx], k=4)
+        assert float(got) == pytest.approx(float(want), rel=1e-10, abs=1e-12)
+    assert spec.resample(sx, x, torch.tensor([0, 0, 1, 2, 3, 4, 5])) is None  # repeats
+
+
+def test_knn_bootstrap_interval_is_unchanged_by_the_resample_hook():
+    from dataclasses import replace
+
+    from repalign.metrics import get_metric
+
+    x, y = related_pair(120, 5, 6)
+    spec = get_metric("mutual_knn")
+    fast = bootstrap_ci(spec, x, y, n_boot=25, seed=3, k=5)
+    slow = bootstrap_ci(replace(spec, resample=None), x, y, n_boot=25, seed=3, k=5)
+    torch.testing.assert_close(fast["boot"], slow["boot"], rtol=1e-12, atol=1e-12)
