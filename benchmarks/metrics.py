@@ -258,27 +258,23 @@ def _permutations(dev, q, table) -> None:
 
     n, perms = (300, 20) if q else (1000, 50)
     x, y = layers(n, [768, 1024], dev, seed=5)
-    for name in ("cka", "cca", "mutual_knn"):
-        spec = get_metric(name)
-        hooked = timeit(lambda spec=spec: permutation_test(spec, x, y, n_permutations=perms), dev)
-        plain = replace(spec, permute=None)
-        ref = timeit(lambda plain=plain: permutation_test(plain, x, y, n_permutations=perms), dev)
+    runs = [(name, "permute", "permutation test", "perms") for name in ("cka", "cca", "mutual_knn")]
+    runs += [
+        (name, "resample", "bootstrap interval", "resamples") for name in ("cka", "mutual_knn")
+    ]
+    statistic = {
+        "permute": lambda s: permutation_test(s, x, y, n_permutations=perms),
+        "resample": lambda s: bootstrap_ci(s, x, y, n_boot=perms),
+    }
+    for name, hook, what, unit in runs:
+        spec, stat = get_metric(name), statistic[hook]
+        hooked = timeit(lambda spec=spec, stat=stat: stat(spec), dev)
+        plain = replace(spec, **{hook: None})
+        ref = timeit(lambda plain=plain, stat=stat: stat(plain), dev)
         table.add(
-            f"{name} permutation test, {perms} perms, n={n} 768x1024",
+            f"{name} {what}, {perms} {unit}, n={n} 768x1024",
             hooked,
-            "re-prepare each permutation",
-            ref,
-            "faster than re-preparing",
-        )
-    for name in ("cka", "mutual_knn"):
-        spec = get_metric(name)
-        hooked = timeit(lambda spec=spec: bootstrap_ci(spec, x, y, n_boot=perms), dev)
-        plain = replace(spec, resample=None)
-        ref = timeit(lambda plain=plain: bootstrap_ci(plain, x, y, n_boot=perms), dev)
-        table.add(
-            f"{name} bootstrap interval, {perms} resamples, n={n} 768x1024",
-            hooked,
-            "re-prepare each resample",
+            f"re-prepare each ({hook} off)",
             ref,
             "faster than re-preparing",
         )
