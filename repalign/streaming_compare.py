@@ -1,4 +1,4 @@
-"""Linear CKA and CCA between feature files larger than memory.
+"""Linear CKA (biased or unbiased) and CCA between feature files larger than memory.
 
 The library behind ``repalign compare --streaming``::
 
@@ -7,21 +7,21 @@ The library behind ``repalign compare --streaming``::
 
 Rows are read from the netCDF files ``chunk_size`` samples at a time (the
 files are opened lazily, shard files through :func:`repalign.store.merge.open_merged`
-included) and only second moments are kept: per selected layer its column sum
-and ``XᵀX``, per layer pair ``XᵀY``. Memory is therefore
-``O(chunk_size · Σd + Σd² + Σ_pairs d_a·d_b)`` whatever n is; each layer's
-own moments are computed once per chunk, not once per pair. The accumulated
-moments are scored by :class:`repalign.metrics.StreamingCKA` and
-:class:`repalign.metrics.StreamingCCA`, so results equal the in-memory
-``cka`` (linear, biased) and ``cca`` up to float rounding. The result is the same
-score Dataset that :func:`repalign.compare.compare` returns.
+included) and only moments are kept: per selected layer its column sum, ``XᵀX``,
+``Σ x_i‖x_i‖²`` and ``Σ‖x_i‖⁴``; per layer pair ``XᵀY``, ``Σ x_i‖y_i‖²``,
+``Σ y_i‖x_i‖²`` and ``Σ‖x_i‖²‖y_i‖²`` (the last three for unbiased CKA). Memory is
+therefore ``O(chunk_size · Σd + Σd² + Σ_pairs d_a·d_b)`` whatever n is; each layer's
+own moments are computed once per chunk, not once per pair. They are scored with the
+estimators of :mod:`repalign.metrics.streaming`, so results equal the in-memory
+``cka`` (linear) and ``cca`` up to float rounding. The result is the same score
+Dataset that :func:`repalign.compare.compare` returns.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from repalign._numerics import check_compute_dtype, check_matrix
+from repalign._numerics import check_compute_dtype, check_matrix, check_rows
 from repalign._progress import progress_bar
 from repalign.compare import (
     MetricRequest,
@@ -46,7 +46,9 @@ from repalign.metrics.streaming import (
     centered_cross,
     centered_gram,
     linear_cka_from_moments,
+    linear_unbiased_hsic_from_moments,
     mean_cca_from_moments,
+    positive_self_hsic,
     whitening_map,
 )
 from repalign.store import schema
@@ -55,31 +57,45 @@ from repalign.store.scores import LayerAxis, scores_dataset
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _StreamingMetric:
-    """A metric scored from second moments: a per-layer term, then one step per pair."""
-
-    per_layer: Callable[[torch.Tensor], Any]  # from the layer's centered XᵀX
-    pair: Callable[[torch.Tensor, Any, Any], torch.Tensor]  # from XcᵀYc and both terms
-    options: dict[str, Any]  # the options it accepts, with the only value each may take
-
-
-#: metrics with a streaming estimator (the scores of StreamingCKA and StreamingCCA)
-STREAMING_METRICS: dict[str, _StreamingMetric] = {
-    "cka": _StreamingMetric(
-        torch.linalg.norm, linear_cka_from_moments, {"kernel": "linear", "unbiased": False}
-    ),
-    "cca": _StreamingMetric(whitening_map, mean_cca_from_moments, {}),
+#: metrics with a streaming estimator, and the values each option may take
+STREAMING_METRICS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "cka": {"kernel": ("linear",), "unbiased": (False, True)},
+    "cca": {},
 }
 
 
 @dataclass
 class _LayerMoments:
-    """Column sum and ``XᵀX`` of one layer's rows, shifted by its first chunk's mean."""
+    """One layer's rows, shifted by its first chunk's mean: column sum ``s``, ``XᵀX``,
+    and for unbiased CKA ``Σ x_i‖x_i‖²`` and ``Σ‖x_i‖⁴``."""
 
     shift: torch.Tensor
     s: torch.Tensor
     g: torch.Tensor
+    xa: torch.Tensor
+    aa: torch.Tensor
+
+
+@dataclass
+class _PairMoments:
+    """Cross moments of layers A and B: ``XᵀY``, ``Σ x_i‖y_i‖²``, ``Σ y_i‖x_i‖²``,
+    ``Σ‖x_i‖²‖y_i‖²``."""
+
+    xy: torch.Tensor
+    xb: torch.Tensor
+    ya: torch.Tensor
+    ab: torch.Tensor
+
+    def __iadd__(self, other: _PairMoments) -> _PairMoments:
+        self.xy += other.xy
+        self.xb += other.xb
+        self.ya += other.ya
+        self.ab += other.ab
+        return self
+
+    @property
+    def T(self) -> _PairMoments:  # noqa: N802 - the moments of (B, A)
+        return _PairMoments(self.xy.T, self.ya, self.xb, self.ab)
 
 
 class GridMoments:
@@ -94,7 +110,7 @@ class GridMoments:
         self.names_b = self.names_a if names_b is None else list(names_b)
         self.n = 0
         self.layers: dict[tuple[str, str], _LayerMoments] = {}
-        self.cross: dict[tuple[str, str], torch.Tensor] = {}
+        self.cross: dict[tuple[str, str], _PairMoments] = {}
 
     def update(self, xs: Mapping[str, Any], ys: Mapping[str, Any] | None = None) -> None:
         """Add the same rows of every layer (``xs`` for side A, ``ys`` for side B)."""
@@ -105,13 +121,20 @@ class GridMoments:
         counts = {int(t.shape[0]) for t in rows.values()}
         if len(counts) != 1:
             raise ValueError(f"layers of one chunk have different row counts {sorted(counts)}")
+        norms = {key: (x * x).sum(1) for key, x in rows.items()}
         for i, a in enumerate(self.names_a):
             for j, b in enumerate(self.names_b):
                 if self.same and j <= i:
-                    continue  # (b, a) is the transpose of (a, b); (a, a) is the layer's XᵀX
-                xa, yb = rows[("a", a)], rows[(side_b, b)]
-                prod = xa.T @ yb
-                self.cross[(a, b)] = self.cross[(a, b)] + prod if (a, b) in self.cross else prod
+                    continue  # (b, a) is the transpose of (a, b); (a, a) is the layer's own
+                ka, kb = ("a", a), (side_b, b)
+                x, y = rows[ka], rows[kb]
+                part = _PairMoments(
+                    x.T @ y, x.T @ norms[kb], y.T @ norms[ka], norms[ka].dot(norms[kb])
+                )
+                if (a, b) in self.cross:
+                    self.cross[(a, b)] += part
+                else:
+                    self.cross[(a, b)] = part
         self.n += counts.pop()
 
     def _shifted(self, key: tuple[str, str], value: Any) -> torch.Tensor:
@@ -120,20 +143,33 @@ class GridMoments:
         if mom is None:
             shift = x.mean(0)
             xc = x - shift
-            self.layers[key] = _LayerMoments(shift, xc.sum(0), xc.T @ xc)
-            return xc
-        xc = x - mom.shift
+            mom = self.layers[key] = _LayerMoments(
+                shift, xc.new_zeros(x.shape[1]), xc.new_zeros(x.shape[1], x.shape[1]),
+                xc.new_zeros(x.shape[1]), xc.new_zeros(()),
+            )  # fmt: skip
+        else:
+            xc = x - mom.shift
+        a = (xc * xc).sum(1)
         mom.s += xc.sum(0)
         mom.g += xc.T @ xc
+        mom.xa += xc.T @ a
+        mom.aa += a.dot(a)
         return xc
 
-    def scores(self, metric: str) -> np.ndarray:
-        """The ``(len(names_a), len(names_b))`` grid of ``metric`` (``"cka"`` or ``"cca"``).
+    def _pair(self, a: str, b: str) -> _PairMoments:
+        ma = self.layers[("a", a)]
+        if self.same and a == b:
+            return _PairMoments(ma.g, ma.xa, ma.xa, ma.aa)
+        return self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
 
-        Each layer's centered ``XᵀX`` and its Frobenius norm (CKA) or whitening
-        map (CCA, one eigendecomposition) are computed once and shared by every
-        pair the layer is in, so scoring costs ``La + Lb`` decompositions, not
-        ``2 · La · Lb``.
+    def scores(self, metric: str, *, unbiased: bool = False) -> np.ndarray:
+        """The ``(len(names_a), len(names_b))`` grid of ``metric``: ``"cka"`` (linear,
+        biased, or ``unbiased``) or ``"cca"``.
+
+        Each layer's own term (the Frobenius norm of its centered ``XᵀX``, its unbiased
+        self-HSIC, or its CCA whitening map: one eigendecomposition) is computed once and
+        shared by every pair the layer is in, so scoring costs ``La + Lb``
+        decompositions, not ``2 · La · Lb``.
         """
         if metric not in STREAMING_METRICS:
             raise ValueError(
@@ -141,40 +177,58 @@ class GridMoments:
             )
         if self.n < 2:
             raise ValueError(f"need at least 2 rows before scoring, got {self.n}")
+        kind = "cka_unbiased" if metric == "cka" and unbiased else metric
+        if kind == "cka_unbiased":
+            check_rows(self.n, 4, "the unbiased HSIC of Song et al. 2012 divides by n(n-3)")
         side_b = "a" if self.same else "b"
-        estimator = STREAMING_METRICS[metric]
         cache: dict[tuple[str, str], Any] = {}
 
         def term(side: str, name: str) -> Any:
-            key = (side, name)
-            if key not in cache:
-                mom = self.layers[key]
-                cxx = centered_gram(self.n, mom.s, mom.g, name=f"layer {name!r}")
-                cache[key] = estimator.per_layer(cxx)
-                if metric == "cca" and cache[key].shape[1] < cxx.shape[0]:
-                    log.warning(
-                        "streaming cca: layer %r has %d of %d directions below what "
-                        "second moments resolve (singular values under ~%.0e of the "
-                        "largest); they are left out. If they are signal and not rounding "
-                        "noise, compare this layer without --streaming",
-                        name,
-                        cxx.shape[0] - cache[key].shape[1],
-                        cxx.shape[0],
-                        (max(cxx.shape[0], 2) * torch.finfo(cxx.dtype).eps) ** 0.5,
-                    )
-            return cache[key]
+            if (side, name) not in cache:
+                cache[(side, name)] = self._layer_term(kind, self.layers[(side, name)], name)
+            return cache[(side, name)]
 
         out = np.empty((len(self.names_a), len(self.names_b)))
         for i, a in enumerate(self.names_a):
             for j, b in enumerate(self.names_b):
-                ma, mb = self.layers[("a", a)], self.layers[(side_b, b)]
-                if self.same and a == b:
-                    xy = ma.g
-                else:
-                    xy = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
-                cxy = centered_cross(self.n, ma.s, mb.s, xy)
-                out[i, j] = float(estimator.pair(cxy, term("a", a), term(side_b, b)))
+                ma, mb, pair = self.layers[("a", a)], self.layers[(side_b, b)], self._pair(a, b)
+                ta, tb = term("a", a), term(side_b, b)
+                if kind == "cka_unbiased":
+                    hsic = linear_unbiased_hsic_from_moments(
+                        self.n, pair.xy, (ma.s, mb.s), (ma.g.trace(), mb.g.trace()),
+                        pair.xb, pair.ya, pair.ab,
+                    )  # fmt: skip
+                    out[i, j] = float(hsic / torch.sqrt(ta * tb))
+                    continue
+                cxy = centered_cross(self.n, ma.s, mb.s, pair.xy)
+                score = linear_cka_from_moments if kind == "cka" else mean_cca_from_moments
+                out[i, j] = float(score(cxy, ta, tb))
         return out
+
+    def _layer_term(self, kind: str, mom: _LayerMoments, name: str) -> Any:
+        """What every pair of this layer shares: see :meth:`scores`."""
+        if kind == "cka_unbiased":
+            trace = mom.g.trace()
+            return positive_self_hsic(
+                linear_unbiased_hsic_from_moments(
+                    self.n, mom.g, (mom.s, mom.s), (trace, trace), mom.xa, mom.xa, mom.aa
+                )
+            )
+        cxx = centered_gram(self.n, mom.s, mom.g, name=f"layer {name!r}")
+        if kind == "cka":
+            return torch.linalg.norm(cxx)
+        w = whitening_map(cxx)
+        if w.shape[1] < cxx.shape[0]:
+            log.warning(
+                "streaming cca: layer %r has %d of %d directions below what second moments "
+                "resolve (singular values under ~%.0e of the largest); they are left out. If "
+                "they are signal and not rounding noise, compare this layer without --streaming",
+                name,
+                cxx.shape[0] - w.shape[1],
+                cxx.shape[0],
+                (max(cxx.shape[0], 2) * torch.finfo(cxx.dtype).eps) ** 0.5,
+            )
+        return w
 
 
 def check_streamable(requests: Sequence[MetricRequest]) -> None:
@@ -186,12 +240,13 @@ def check_streamable(requests: Sequence[MetricRequest]) -> None:
                 f"mean CCA from accumulated covariances); {req.name!r} needs all rows in memory: "
                 "run it without --streaming (mutual_knn and cknna are already chunked)"
             )
-        allowed = STREAMING_METRICS[req.name].options
+        allowed = STREAMING_METRICS[req.name]
         for key, value in req.options.items():
-            if key not in allowed or allowed[key] != value:
+            if key not in allowed or value not in allowed[key]:
+                accepted = ", ".join(f"{k} in {v}" for k, v in allowed.items()) or "none"
                 raise ValueError(
-                    f"--streaming supports {req.name} with default options only "
-                    f"({allowed or 'none'}); got {key}={value!r}: drop it or run without --streaming"
+                    f"--streaming supports {req.name} with these options only ({accepted}); "
+                    f"got {key}={value!r}: drop it or run without --streaming"
                 )
 
 
@@ -272,7 +327,10 @@ def streaming_compare(
     finally:
         side_a.ds.close()
 
-    scored = [metric_scores(req, grid.scores(req.name)) for req in requests]
+    scored = [
+        metric_scores(req, grid.scores(req.name, unbiased=bool(req.options.get("unbiased"))))
+        for req in requests
+    ]
     attrs = _provenance(files, requests, side_a, side_b, n, layers_a, layers_b, chunk_size, dev)
     return scores_dataset(side_a.axis, side_b.axis, scored, attrs)
 

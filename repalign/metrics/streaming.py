@@ -13,14 +13,19 @@ from typing import Any
 
 import torch
 
-from repalign._numerics import check_compute_dtype, check_pair, scalar_like
+from repalign._numerics import check_compute_dtype, check_pair, check_rows, scalar_like
+from repalign.metrics._kernels import unbiased_hsic_from_parts
 
 
 class _MomentAccumulator:
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype, *, row_norm_moments: bool = False) -> None:
         self.dtype = check_compute_dtype(dtype)
         self.n = 0
         self._shift_x: torch.Tensor | None = None
+        # Σ x_i‖y_i‖², Σ y_i‖x_i‖², Σ‖x_i‖²‖y_i‖² and the same of each side with itself:
+        # what unbiased HSIC needs beyond the second moments
+        self.row_norm_moments = row_norm_moments
+        self.norm_moments: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_moments(
@@ -73,6 +78,13 @@ class _MomentAccumulator:
         self.xx += x.T @ x
         self.yy += y.T @ y
         self.xy += x.T @ y
+        if self.row_norm_moments:
+            a, b = (x * x).sum(1), (y * y).sum(1)
+            terms = {"xb": x.T @ b, "ya": y.T @ a, "ab": a.dot(b), "xa": x.T @ a,
+                     "aa": a.dot(a), "yb": y.T @ b, "bb": b.dot(b)}  # fmt: skip
+            for key, value in terms.items():
+                old = self.norm_moments.get(key)
+                self.norm_moments[key] = value if old is None else old + value
         return self
 
     def centered_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,6 +122,31 @@ def linear_cka_from_moments(
     return (cxy * cxy).sum() / (norm_xx * norm_yy)
 
 
+def linear_unbiased_hsic_from_moments(
+    n: int,
+    xy: torch.Tensor,
+    sums: tuple[torch.Tensor, torch.Tensor],
+    square_sums: tuple[torch.Tensor, torch.Tensor],
+    xb: torch.Tensor,
+    ya: torch.Tensor,
+    ab: torch.Tensor,
+) -> torch.Tensor:
+    """Unbiased linear HSIC (Song et al. 2012, eq. 5) from moments of the rows.
+
+    With ``a_i = ‖x_i‖²``, ``b_i = ‖y_i‖²``, ``s_x = Σ x_i``: ``xy = Σ x_i y_iᵀ``,
+    ``square_sums = (Σ a_i, Σ b_i)``, ``xb = Σ x_i b_i``, ``ya = Σ y_i a_i``,
+    ``ab = Σ a_i b_i``. Then ``tr(K̃L̃) = ‖xy‖² − ab``, ``1ᵀK̃1 = ‖s_x‖² − Σa`` and
+    ``1ᵀK̃L̃1 = s_xᵀ xy s_y − s_x·xb − s_y·ya + ab``. The estimator is invariant to
+    shifting the rows, so moments of shifted rows give the same value.
+    """
+    sx, sy = sums
+    trace = (xy * xy).sum() - ab
+    rows_dot = sx @ xy @ sy - sx.dot(xb) - sy.dot(ya) + ab
+    return unbiased_hsic_from_parts(
+        trace, sx.dot(sx) - square_sums[0], sy.dot(sy) - square_sums[1], rows_dot, n
+    )
+
+
 def whitening_map(c: torch.Tensor) -> torch.Tensor:
     """``W`` (d, r) with ``Wᵀ C W = I_r``: ``C^{-1/2}`` on the directions ``C`` resolves.
 
@@ -135,19 +172,47 @@ def mean_cca_from_moments(cxy: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor)
 
 
 class StreamingCKA(_MomentAccumulator):
-    """Biased linear CKA, ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F), accumulated batch by batch.
+    """Linear CKA accumulated batch by batch: biased, ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F)
+    (Kornblith et al. 2019), or with ``unbiased=True`` from the unbiased HSIC of Song et
+    al. 2012 (eq. 5), which needs three more moments of the row norms
+    (:func:`linear_unbiased_hsic_from_moments`).
 
     >>> acc = StreamingCKA()
     >>> for xb, yb in batches: acc.update(xb, yb)
     >>> acc.compute()  # equals cka(x, y) on the concatenated rows
     """
 
-    def __init__(self, *, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__(dtype)
+    def __init__(self, *, unbiased: bool = False, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__(dtype, row_norm_moments=unbiased)
+        self.unbiased = unbiased
 
     def compute(self) -> torch.Tensor:
-        cxx, cyy, cxy = self.centered_moments()
-        return linear_cka_from_moments(cxy, torch.linalg.norm(cxx), torch.linalg.norm(cyy))
+        if not self.unbiased:
+            cxx, cyy, cxy = self.centered_moments()
+            return linear_cka_from_moments(cxy, torch.linalg.norm(cxx), torch.linalg.norm(cyy))
+        check_rows(self.n, 4, "the unbiased HSIC estimator of Song et al. 2012 divides by n(n-3)")
+        m, n = self.norm_moments, self.n
+        traces = (torch.trace(self.xx), torch.trace(self.yy))
+        hsic_xx = linear_unbiased_hsic_from_moments(
+            n, self.xx, (self.sx, self.sx), (traces[0],) * 2, m["xa"], m["xa"], m["aa"]
+        )
+        hsic_yy = linear_unbiased_hsic_from_moments(
+            n, self.yy, (self.sy, self.sy), (traces[1],) * 2, m["yb"], m["yb"], m["bb"]
+        )
+        hsic_xy = linear_unbiased_hsic_from_moments(
+            n, self.xy, (self.sx, self.sy), traces, m["xb"], m["ya"], m["ab"]
+        )
+        return hsic_xy / torch.sqrt(positive_self_hsic(hsic_xx) * positive_self_hsic(hsic_yy))
+
+
+def positive_self_hsic(h: torch.Tensor) -> torch.Tensor:
+    """``h`` if positive; the unbiased HSIC of a layer with itself can be <= 0 for tiny n."""
+    if not bool(h > 0):
+        raise ValueError(
+            "HSIC of an input with itself is not positive (the unbiased estimator can be <= 0 "
+            "for very small n or nearly constant inputs); use more samples or unbiased=False"
+        )
+    return h
 
 
 class StreamingCCA(_MomentAccumulator):

@@ -32,11 +32,11 @@ def _scores(ds: xr.Dataset) -> np.ndarray:
 @pytest.mark.parametrize("chunk", [2, 10, 1000])
 def test_two_files_equal_in_memory(files, chunk):
     a, b = files
-    kw = dict(metrics=["cka", "cca"], progress=False)
+    kw = dict(metrics=["cka", "cca", ("cka", {"unbiased": True})], progress=False)
     ref = compare([a, b], **kw)
     got = streaming_compare([a, b], chunk_size=chunk, **kw)
     np.testing.assert_allclose(_scores(got), _scores(ref), rtol=1e-9, atol=1e-12)
-    assert list(got.metric.values) == ["cka", "cca"]
+    assert list(got.metric.values) == ["cka", "cca", "cka[unbiased=true]"]
     for coord in ("layer_a", "layer_b", "stream_a", "depth_b"):
         np.testing.assert_array_equal(got[coord].values, ref[coord].values)
     for key in ("n_samples", "sample_ids_sha256", "feature_files_sha256", "model_a"):
@@ -45,7 +45,7 @@ def test_two_files_equal_in_memory(files, chunk):
 
 def test_one_file_selections_equal_in_memory(files):
     a, _ = files
-    kw = dict(metrics=["cka", "cca"], progress=False)
+    kw = dict(metrics=["cka", "cca", ("cka", {"unbiased": True})], progress=False)
     whole_ref, whole = compare([a], **kw), streaming_compare([a], chunk_size=16, **kw)
     np.testing.assert_allclose(_scores(whole), _scores(whole_ref), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.diagonal(_scores(whole), axis1=1, axis2=2), 1.0, rtol=1e-12)
@@ -100,22 +100,20 @@ def test_grid_scores_equal_a_directly_fed_accumulator(metric, acc_cls):
     assert grid.scores(metric)[0, 0] == pytest.approx(float(direct.compute()), rel=1e-12)
 
 
-def test_grid_scores_each_layer_once(monkeypatch):
+@pytest.mark.parametrize("metric,unbiased", [("cca", False), ("cka", False), ("cka", True)])
+def test_grid_scores_each_layer_once(monkeypatch, metric, unbiased):
     """Per-layer terms (one eigh each for CCA) are shared by every pair the layer is in."""
-    import repalign.streaming_compare as sc
-
     calls = []
-    real = sc.STREAMING_METRICS["cca"]
-    counted = sc._StreamingMetric(
-        lambda c: calls.append(c.shape) or real.per_layer(c), real.pair, real.options
+    real = GridMoments._layer_term
+    monkeypatch.setattr(
+        GridMoments, "_layer_term", lambda self, *a: calls.append(a[2]) or real(self, *a)
     )
-    monkeypatch.setitem(sc.STREAMING_METRICS, "cca", counted)
     gen = torch.Generator().manual_seed(1)
     names = ["l0", "l1", "l2"]
     grid = GridMoments(names, None, dtype=torch.float64)
     grid.update({k: torch.randn(40, 4, generator=gen, dtype=torch.float64) for k in names})
-    scores = grid.scores("cca")
-    assert len(calls) == len(names)
+    scores = grid.scores(metric, unbiased=unbiased)
+    assert sorted(calls) == names
     np.testing.assert_allclose(np.diagonal(scores), 1.0, rtol=1e-12)
     np.testing.assert_allclose(scores, scores.T, rtol=1e-12)
 
@@ -124,8 +122,8 @@ def test_unsupported_metrics_and_options_are_refused(files):
     a, b = files
     with pytest.raises(ValueError, match="mutual_knn.*without --streaming"):
         streaming_compare([a, b], ["mutual_knn"], progress=False)
-    with pytest.raises(ValueError, match="unbiased=True"):
-        streaming_compare([a, b], [("cka", {"unbiased": True})], progress=False)
+    with pytest.raises(ValueError, match="kernel='rbf'"):
+        streaming_compare([a, b], [("cka", {"kernel": "rbf"})], progress=False)
 
 
 def test_cli_streaming_flag(files, tmp_path):

@@ -65,3 +65,15 @@ def test_streaming_cca_leaves_out_directions_the_moments_cannot_resolve():
     y = y + 0.5 * torch.randn(512, 5, generator=g, dtype=torch.float64)
     acc = StreamingCCA().update(x, y)
     assert float(acc.compute()) == pytest.approx(float(cca(x[:, :20], y)), abs=1e-9)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_streaming_unbiased_cka_equals_in_memory(batch):
+    x, y = related_pair(300, 12, 9)
+    x = x + 1e4  # the estimator is shift-invariant: moments of shifted rows must agree
+    acc = StreamingCKA(unbiased=True)
+    for start in range(0, 300, batch):
+        acc.update(x[start : start + batch], y[start : start + batch])
+    assert float(acc.compute()) == pytest.approx(float(cka(x, y, unbiased=True)), abs=1e-9)
+    with pytest.raises(ValueError, match="n\\(n-3\\)"):
+        StreamingCKA(unbiased=True).update(x[:3], y[:3]).compute()
