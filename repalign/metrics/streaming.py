@@ -27,31 +27,6 @@ class _MomentAccumulator:
         self.row_norm_moments = row_norm_moments
         self.norm_moments: dict[str, torch.Tensor] = {}
 
-    @classmethod
-    def from_moments(
-        cls,
-        n: int,
-        shifts: tuple[torch.Tensor, torch.Tensor],
-        sums: tuple[torch.Tensor, torch.Tensor],
-        xx: torch.Tensor,
-        yy: torch.Tensor,
-        xy: torch.Tensor,
-        *,
-        dtype: torch.dtype = torch.float64,
-    ):
-        """An accumulator holding moments gathered elsewhere (rows shifted by ``shifts``).
-
-        ``sums`` are the column sums and ``xx``, ``yy``, ``xy`` the products of the
-        shifted rows, so a caller that shares one layer's ``XᵀX`` across many pairs
-        need not recompute it per pair.
-        """
-        acc = cls(dtype=dtype)
-        acc.n = n
-        acc._shift_x, acc._shift_y = shifts
-        acc.sx, acc.sy = sums
-        acc.xx, acc.yy, acc.xy = xx, yy, xy
-        return acc
-
     def update(self, x_batch: Any, y_batch: Any) -> _MomentAccumulator:
         """Add a batch of rows (the same stimuli in the same order in both)."""
         x, y = check_pair(x_batch, y_batch, dtype=self.dtype, min_rows=1, nonconstant=False)
