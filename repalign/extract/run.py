@@ -4,9 +4,9 @@
 model in ``eval()`` mode, pools the selected layers inside forward hooks, and
 streams the pooled features to a netCDF file from a background thread while the
 next batches are loaded (worker threads) and run. Each batch is committed to disk
-as soon as it is written, so an interrupted run (Ctrl-C, a killed process) loses at
-most the batches in flight, and ``resume=True`` continues from the last committed
-batch to the same file an uninterrupted run writes.
+as soon as it is written: Ctrl-C or a SIGTERM stops after writing the batches already
+computed, a killed process loses at most the batches in flight, and ``resume=True``
+continues from the last committed batch to the same file an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from repalign._progress import progress_bar
+from repalign._signals import sigterm_as_keyboard_interrupt
 from repalign._tensors import to_device
 from repalign.data.base import Sample
 from repalign.extract.hooks import record, select_layers
@@ -265,7 +266,8 @@ def extract(
     t0 = time.perf_counter()
     finished = False
     try:
-        with record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
+        with sigterm_as_keyboard_interrupt(), \
+                record(adapter.model, layers, how, available=available, stop_early=cfg.stop_early) as rec, \
                 torch.no_grad(), progress_bar(f"extract {out.name}", n_total, start=start - lo, enabled=cfg.progress) as advance:  # fmt: skip
             skipped_changed = True  # the file gets the list with its first batch
             # a file exists, or is queued to be opened, once a batch with samples is submitted;
