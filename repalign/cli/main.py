@@ -47,13 +47,17 @@ for _module in VERB_MODULES:
 def main(argv: list[str] | None = None) -> None:
     """The ``repalign`` console command: the typer app, with usage errors (a bad option
     value, a missing argument, an unknown verb) reported like every other user error,
-    as one ``error:`` line on stderr with exit status 2."""
+    as one ``error:`` line on stderr with exit status 2, and SIGTERM handled as Ctrl-C."""
     import sys
 
+    from repalign._signals import sigterm_as_keyboard_interrupt
     from repalign.cli._errors import fail
 
     try:
-        code = app(args=argv, prog_name="repalign", standalone_mode=False)
+        # SIGTERM (kill, scancel) runs each verb's Ctrl-C handling: temporary files
+        # removed, written batches kept, training saved (it installs its own handler)
+        with sigterm_as_keyboard_interrupt():
+            code = app(args=argv, prog_name="repalign", standalone_mode=False)
     except typer.Abort:  # Ctrl-C outside a command's own handling
         print("aborted", file=sys.stderr)
         sys.exit(130)
