@@ -258,21 +258,21 @@ def _permutations(dev, q, table) -> None:
 
     n, perms = (300, 20) if q else (1000, 50)
     x, y = layers(n, [768, 1024], dev, seed=5)
-    runs = [(name, "permute", "permutation test", "perms") for name in ("cka", "cca", "mutual_knn")]
-    runs += [
-        (name, "resample", "bootstrap interval", "resamples") for name in ("cka", "mutual_knn")
-    ]
+    runs = [(m, "permute", "permutation test", "perms", {}) for m in ("cka", "cca", "mutual_knn")]
+    runs += [(m, "resample", "bootstrap interval", "resamples", {}) for m in ("cka", "mutual_knn")]
+    runs += [("cka", "resample", "bootstrap interval", "resamples", {"unbiased": True})]
     statistic = {
-        "permute": lambda s: permutation_test(s, x, y, n_permutations=perms),
-        "resample": lambda s: bootstrap_ci(s, x, y, n_boot=perms),
+        "permute": lambda s, o: permutation_test(s, x, y, n_permutations=perms, **o),
+        "resample": lambda s, o: bootstrap_ci(s, x, y, n_boot=perms, **o),
     }
-    for name, hook, what, unit in runs:
+    for name, hook, what, unit, opts in runs:
         spec, stat = get_metric(name), statistic[hook]
-        hooked = timeit(lambda spec=spec, stat=stat: stat(spec), dev)
+        hooked = timeit(lambda spec=spec, stat=stat, opts=opts: stat(spec, opts), dev)
         plain = replace(spec, **{hook: None})
-        ref = timeit(lambda plain=plain, stat=stat: stat(plain), dev)
+        ref = timeit(lambda plain=plain, stat=stat, opts=opts: stat(plain, opts), dev)
+        label = name + "".join(f"[{k}={v}]" for k, v in opts.items())
         table.add(
-            f"{name} {what}, {perms} {unit}, n={n} 768x1024",
+            f"{label} {what}, {perms} {unit}, n={n} 768x1024",
             hooked,
             f"re-prepare each ({hook} off)",
             ref,

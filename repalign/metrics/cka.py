@@ -161,19 +161,27 @@ def _cka_permute(state: CKAState, perm: torch.Tensor) -> CKAState:
 
 
 def _cka_resample(state: CKAState, x: torch.Tensor, idx: torch.Tensor) -> CKAState | None:
-    """The state of rows ``idx`` (a bootstrap resample) for biased linear CKA, from the
-    layer's centered Gram: rows ``idx`` re-centered have Gram ``H K[idx, idx] H``, so a
-    resample costs O(m²), not O(m·d²). ``None`` for the other variants (an RBF bandwidth
-    and the unbiased parts depend on the resample itself) or a Gram over the budget."""
-    if state.kernel != "linear" or state.unbiased:
+    """The state of rows ``idx`` (a bootstrap resample) for linear CKA, from the layer's
+    centered Gram ``K``, so a resample costs O(m²), not O(m·d²): biased, the re-centered
+    rows have Gram ``H K[idx, idx] H``; unbiased, HSIC is the same for any translation of
+    the rows, so ``K[idx, idx]`` serves as it is (as a precomputed kernel). ``None`` for
+    RBF kernels (the bandwidth depends on the resample) or a Gram over the budget."""
+    if state.kernel != "linear":
         return None
     if state.n * state.n * state.xc.element_size() > _PERMUTE_GRAM_BYTES:
         return None
-    gram = double_center(_permute_square(state.linear_gram(), idx))
-    self_hsic = torch.vdot(gram.reshape(-1), gram.reshape(-1))
+    gram = _permute_square(state.linear_gram(), idx)
+    if state.unbiased:
+        parts = UnbiasedState.from_kernel(gram)
+        self_hsic = unbiased_hsic(parts, parts)
+        out = CKAState("resampled-gram", True, len(idx), ub_kernel=parts, self_hsic=self_hsic)
+    else:
+        gram = double_center(gram)
+        self_hsic = torch.vdot(gram.reshape(-1), gram.reshape(-1))
+        out = CKAState("linear", False, len(idx), gram=gram, self_hsic=self_hsic, prefer_gram=True)
     if not bool(self_hsic > 0):
         raise ValueError("a resample with every row equal has no variance")
-    return CKAState("linear", False, len(idx), gram=gram, self_hsic=self_hsic, prefer_gram=True)
+    return out
 
 
 def _cka_cross_hsic(a: CKAState, b: CKAState) -> torch.Tensor:

@@ -122,19 +122,21 @@ def test_permutation_null_is_unchanged_by_the_permute_hook():
         assert float(fast["pvalue"]) == float(slow["pvalue"])
 
 
-def test_resampled_cka_state_equals_preparing_the_resampled_rows():
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_resampled_cka_state_equals_preparing_the_resampled_rows(unbiased):
     from repalign.metrics import get_metric
 
     spec = get_metric("cka")
     x, y = related_pair(70, 9, 4)
-    sx, sy = spec.prepare(x), spec.prepare(y)
+    sx, sy = spec.prepare(x, unbiased=unbiased), spec.prepare(y, unbiased=unbiased)
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         idx = torch.randint(70, (70,), generator=gen)  # with repeats, as the bootstrap draws
         got = spec.combine(spec.resample(sx, x, idx), spec.resample(sy, y, idx))
-        assert float(got) == pytest.approx(float(cka(x[idx], y[idx])), rel=1e-10)
-    for options in ({"unbiased": True}, {"kernel": "rbf"}):  # not derivable: fn is used
-        assert spec.resample(spec.prepare(x, **options), x, idx) is None
+        want = cka(x[idx], y[idx], unbiased=unbiased)
+        assert float(got) == pytest.approx(float(want), rel=1e-10)
+    rbf = spec.prepare(x, kernel="rbf")  # the bandwidth depends on the resample: fn is used
+    assert spec.resample(rbf, x, idx) is None
 
 
 def test_bootstrap_interval_is_unchanged_by_the_resample_hook():
