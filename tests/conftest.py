@@ -17,3 +17,6 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+from tests._signals import default_stop_signals  # noqa: E402, F401 (a fixture for signal tests)

@@ -4,6 +4,8 @@ import pytest
 
 from repalign._signals import sigterm_as_keyboard_interrupt
 
+pytestmark = pytest.mark.usefixtures("default_stop_signals")
+
 
 def test_sigterm_raises_keyboard_interrupt_inside_and_default_outside():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

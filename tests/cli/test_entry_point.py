@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from tests._signals import default_signals_in_child
+
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -46,6 +48,7 @@ def test_sigterm_runs_the_verbs_own_interrupt_handling(tmp_path):
         [sys.executable, "-m", "repalign", "data", "cache", "synthetic:20000", "--out", str(out),
          "--size", "224"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_signals_in_child,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (building.exists() and any(building.iterdir())):

@@ -21,6 +21,7 @@ import yaml
 
 from repalign.train.config import PretrainConfig, load_config
 from repalign.train.pretrain import run_pretraining
+from tests._signals import default_signals_in_child
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
@@ -93,7 +94,10 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "repalign", "train", "pretrain", "--config", str(cfg_path)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_signals_in_child,
+    )  # fmt: skip
     log = run / "log.jsonl"
     deadline = time.monotonic() + 180
     while not (log.exists() and log.read_text().count('"train"') >= 2):

@@ -22,6 +22,7 @@ from repalign.extract.run import extract
 from repalign.models.hf import HFTextAdapter
 from repalign.models.timm_vision import TimmVisionAdapter
 from repalign.store.features import open_features
+from tests._signals import default_signals_in_child
 from tests.extract._tiny import tiny_bert, tiny_tokenizer, tiny_vit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +153,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_file(tmp_path, sig):
     script.write_text(
         _KILLED_RUN.format(repo=str(REPO), marker=str(marker), tmp=str(tmp_path), out=str(out))
     )
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=REPO, preexec_fn=default_signals_in_child
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():

@@ -12,7 +12,10 @@ import torch
 
 from repalign.train.checkpoint import load_trainer_state
 from repalign.train.interrupt import RunInterrupted, StopOnSignal, ignore_stop_signals
+from tests._signals import default_signals_in_child
 from tests.train.test_loop import make_trainer, train_losses
+
+pytestmark = pytest.mark.usefixtures("default_stop_signals")
 
 
 def _signal_during_step(trainer, step, *signals):
@@ -110,7 +113,9 @@ def test_cli_sigterm_saves_and_exits_143(tmp_path):
         "loop.eval_every=0", "data.n_eval=8",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_signals_in_child
+    )
     log = run / "log.jsonl"
     deadline = time.monotonic() + 120
     while not (log.exists() and log.read_text().count('"train"') >= 2):
