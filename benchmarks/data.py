@@ -34,10 +34,8 @@ from repalign.train.pretrain import build_data  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pairs_per_s(config: PretrainConfig, workers: int, batches: int) -> float:
-    """Pairs/s of ``batches`` training batches with ``workers`` loader processes."""
-    parts = build_data(config)
-    stream = BatchStream(parts["train"], config.batch_size, parts["train_collate"], seed=0)
+def pairs_per_s(stream: BatchStream, workers: int, batches: int) -> float:
+    """Pairs/s of ``batches`` training batches of ``stream`` with ``workers`` loader processes."""
     # Workers take batches in turn, so batches arrive in rounds of `workers`: time whole
     # rounds, from the end of the first (worker start-up) to the end of the last.
     warmup = max(workers, 1)
@@ -48,7 +46,7 @@ def pairs_per_s(config: PretrainConfig, workers: int, batches: int) -> float:
     start = time.perf_counter()
     for _ in range(batches):
         next(loader)
-    return batches * config.batch_size / (time.perf_counter() - start)
+    return batches * stream.batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -96,9 +94,11 @@ def main() -> None:
     print("| data                        | workers | pairs/s |")
     print("|-----------------------------|---------|---------|")
     for label, cfg in sources:
+        parts = build_data(cfg)  # once per source: the rows time the loader, not the set-up
+        stream = BatchStream(parts["train"], cfg.batch_size, parts["train_collate"], seed=0)
         for workers in (int(w) for w in args.workers.split(",")):
             batches = args.batches or max(4, 4 * workers)
-            rate = pairs_per_s(cfg, workers, batches)
+            rate = pairs_per_s(stream, workers, batches)
             print(f"| {label:<27} | {workers:7d} | {rate:7.0f} |", flush=True)
     tmp.cleanup()
 
