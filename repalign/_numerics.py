@@ -135,3 +135,22 @@ def require_variance(x: torch.Tensor, name: str) -> None:
 
 def scalar_like(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when one is visible, else the CPU) or a device name, checked: a name
+    torch does not know, or CUDA where none is visible, is a ``ValueError`` saying what to use."""
+    if isinstance(name, str) and name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"device {str(name)!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(name)!r} was asked for, but CUDA is not available here "
+            "(no CUDA device is visible); use cpu"
+        )
+    return device

@@ -33,6 +33,7 @@ import xarray as xr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import repalign
+from repalign._numerics import resolve_device
 from repalign.provenance import library_versions, sha256_file, sha256_ids
 from repalign.store.schema import SAMPLE_ID, SHARD
 from repalign.store.scores import LayerAxis, MetricScores, metric_label, scores_dataset
@@ -354,18 +355,6 @@ def _pair_stats(
 # ---------------------------------------------------------------- the pipeline
 
 
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(
-            f"--device {device!r} is not a device name; use cpu, cuda or cuda:N"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is visible; use cpu")
-    return dev
-
-
 def parse_requests(
     metrics: Sequence[str | tuple[str, Mapping[str, Any]] | MetricRequest],
 ) -> list[MetricRequest]:
@@ -490,7 +479,7 @@ def compare(
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     requests = parse_requests(metrics)
-    dev = _device(device)
+    dev = resolve_device(device)
 
     side_a = load_side(files[0], layers_a, allow_incomplete=allow_incomplete)
     if len(files) == 1:

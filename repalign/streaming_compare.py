@@ -30,11 +30,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from repalign._numerics import check_compute_dtype, check_matrix, check_rows
+from repalign._numerics import check_compute_dtype, check_matrix, check_rows, resolve_device
 from repalign._progress import progress_bar
 from repalign.compare import (
     MetricRequest,
-    _device,
     align_sample_ids,
     describe_layers,
     metric_scores,
@@ -307,7 +306,7 @@ def streaming_compare(
         raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
     requests = parse_requests(metrics)
     check_streamable(requests)
-    dev = _device(device)
+    dev = resolve_device(device)
 
     side_a = _open_side(files[0], layers_a, allow_incomplete=allow_incomplete)
     try:

@@ -19,15 +19,15 @@ def demo(
 ) -> None:
     """Pretrain a tiny ViLBERT, compare its text and vision streams layer by layer, write results/."""
     from repalign import demo as demo_mod
-    from repalign.train.loop import resolve_device
+    from repalign._numerics import resolve_device
 
     # checked here, before minutes of training, not as a traceback from deep inside it
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file; the demo writes a folder of results: give a folder")
     try:
         resolved = resolve_device(device)
-    except RuntimeError as exc:
-        raise fail(f"--device {device} cannot be used ({exc}); use cpu, cuda or auto") from None
+    except ValueError as exc:
+        raise fail(f"--device: {exc}") from None
     cfg = demo_mod.DemoConfig.quick_config(out) if quick else demo_mod.DemoConfig(out=out)
     cfg.device = str(resolved)
     result = demo_mod.run_demo(cfg)

@@ -165,28 +165,18 @@ def extract(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Extract pooled layer features of MODEL on DATA into a netCDF feature file."""
-    import torch
-
+    from repalign._numerics import resolve_device
     from repalign.data.loading import load_dataset
     from repalign.extract.run import ExtractConfig, check_output, shard_range
     from repalign.extract.run import extract as run_extract
 
     try:
+        device = str(resolve_device(device))  # first: "auto" becomes cuda or cpu
         shard, out, device = _torchrun_shard(shard, out, device)
         if shard:  # checked before the model loads
-            shard_range(0, shard)
+            shard_range(0, shard)  # the spec, with the --shard prefix in its error
         check_output(out, resume=resume, overwrite=overwrite)
         _check_not_data(out, data)
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise ValueError(
-                f"--device {device!r} is not a device name; use cpu, cuda or cuda:N"
-            ) from None
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(
-                f"--device {device} asked for, but no CUDA device is available; use --device cpu"
-            )
         dataset = load_dataset(data, images=images)
     except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
         raise fail(str(exc)) from None

@@ -84,23 +84,11 @@ def _check_run(out: str, device: str, *, resume: bool, overwrite: bool) -> None:
     A run folder that already holds a checkpoint is never trained over silently: the
     loop would replace its checkpoint and log (days of training) with the new run's.
     """
-    import torch
-
-    from repalign.train.loop import resolve_device
+    from repalign._numerics import resolve_device
 
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: pick one")
-    if device != "auto":
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise ValueError(
-                f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N"
-            ) from None
-    try:
-        resolve_device(device)
-    except RuntimeError as exc:  # CUDA asked for but not there
-        raise ValueError(str(exc)) from None
+    resolve_device(device)
     run = Path(out)
     if not (resume or overwrite) and (run / "last").exists():
         raise FileExistsError(

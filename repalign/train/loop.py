@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from repalign import distributed
+from repalign._numerics import resolve_device
 from repalign._progress import progress_bar
 from repalign._tensors import to_device
 from repalign.train.batches import BatchStream, batch_loader
@@ -60,17 +61,6 @@ class Periodic:
     split: str
     every: int
     fn: Evaluator
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} was asked for but CUDA is not available; use device=cpu"
-        )
-    return device
 
 
 @contextlib.contextmanager
