@@ -375,8 +375,6 @@ class Trainer:
                     self.run_dir / "last",
                 )
             raise
-        if self.monitor is not None:  # the final evaluation moved the early-stopping state
-            self.save(self.run_dir / "last", capture_rng_state())
         self.log.write_csv(self.run_dir / "log.csv")
         self._leave_group()
         return dict(self.last_eval)
