@@ -317,4 +317,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write a config (a dataclass, or its ``to_dict`` mapping) as the run's YAML."""
+    mapping = config if isinstance(config, Mapping) else to_dict(config)
+    Path(path).write_text(yaml.safe_dump(dict(mapping), sort_keys=False))

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from repalign import distributed
@@ -295,9 +294,7 @@ class Trainer:
         if resume:
             self.resume()
             if self.is_main and "run" in self.run_config:  # the config the run goes on with
-                (self.run_dir / "config.yaml").write_text(
-                    yaml.safe_dump(self.run_config["run"], sort_keys=False)
-                )
+                save_config(self.run_config["run"], self.run_dir / "config.yaml")
         elif self.is_main:
             self._clear_previous_run()
         if self.step == 0:
