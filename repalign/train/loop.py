@@ -347,12 +347,11 @@ class Trainer:
                             p.every > 0 and self.step % p.every == 0 for p in self.periodic
                         ):  # rank 0 evaluated and decided; every rank must stop with it
                             self.stopped_early = distributed.broadcast_flag(self.stopped_early)
-                    rng = capture_rng_state()  # the state a resumed run starts the next step from
                     every = self.loop.checkpoint_every
                     if every > 0 and self.step % every == 0 and not last:
-                        self._checkpoint(rng)
+                        self._checkpoint()
                     if not last and self._stop_requested(stop, logged):
-                        self._stop(window, pairs, time.perf_counter() - t0, rng, stop.received)
+                        self._stop(window, pairs, time.perf_counter() - t0, stop.received)
                 if window:
                     self._flush(window, pairs, time.perf_counter() - t0)
                 # saved before the final evaluation, which a signal then stops at once (a
@@ -409,19 +408,21 @@ class Trainer:
         window: dict[str, list[torch.Tensor]],
         pairs: int,
         seconds: float,
-        rng: Mapping[str, Any],
         signal_name: str | None,
     ) -> None:
         """Log the steps since the last record, save ``RUN/last`` and raise :class:`RunInterrupted`."""
         if window:
             self._flush(window, pairs, seconds)
-        self.save(self.run_dir / "last", rng)
+        self.save(self.run_dir / "last", capture_rng_state())
         self.log.write_csv(self.run_dir / "log.csv")
         raise RunInterrupted(signal_name or "SIGINT", self.step, self.run_dir / "last")
 
-    def _checkpoint(self, rng: Mapping[str, Any]) -> None:
+    def _checkpoint(self) -> None:
         if not self.is_main:
             return
+        # captured here, not every step: nothing since the step drew from the RNGs (evaluation
+        # and probes run under preserved_rng), so this is the state the next step starts from
+        rng = capture_rng_state()
         ckpt_dir = self.run_dir / "checkpoints"
         self.save(ckpt_dir / f"step-{self.step}", rng)
         self.save(self.run_dir / "last", rng)
