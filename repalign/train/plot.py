@@ -11,12 +11,13 @@ without pyplot, so the process's backend (a notebook's inline one) is left alone
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from repalign.train.runlog import RunLog
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,18 +32,7 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a training run directory?")
-    lines = [(i, x) for i, x in enumerate(path.read_text().splitlines(), 1) if x.strip()]
-    records = []
-    for i, line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == lines[-1][0]:  # a run still writing its last line: plot what is there
-                log.warning("%s, line %d is incomplete; plotting the lines before it", path, i)
-                continue
-            raise ValueError(
-                f"{path}, line {i} is not a JSON record ({exc}); the log is damaged"
-            ) from None
+    records = RunLog(path).records()
     if not records:
         raise ValueError(f"{path} is empty: the run has not logged a step yet")
     return records

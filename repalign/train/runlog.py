@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -17,14 +20,11 @@ class RunLog:
         self.enabled = enabled  # False on DDP ranks other than 0: they read, never write
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
+        """Drop records past ``step`` (written after the checkpoint a run resumes from), and a
+        last line cut short by a killed process."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        keep = [json.dumps(r) for r in self.records() if r.get("step", 0) <= step]
         self.path.write_text("".join(f"{line}\n" for line in keep))
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -34,9 +34,25 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
+        """Every record; a last line cut short (a run killed, or still writing) is skipped
+        with a warning, a damaged line elsewhere is a ``ValueError`` naming it."""
         if not self.path.exists():
             return []
-        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        lines = [(i, x) for i, x in enumerate(self.path.read_text().splitlines(), 1) if x.strip()]
+        records = []
+        for i, line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i == lines[-1][0]:
+                    log.warning(
+                        "%s, line %d is incomplete; reading the lines before it", self.path, i
+                    )
+                    continue
+                raise ValueError(
+                    f"{self.path}, line {i} is not a JSON record ({exc}); the log is damaged"
+                ) from None
+        return records
 
     def write_csv(self, path: Path, split: str = "train") -> None:
         rows = [r for r in self.records() if r.get("split") == split]
