@@ -131,7 +131,12 @@ def bootstrap_ci(
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     x, y = check_pair(x, y, dtype=dtype, min_rows=max(spec.min_rows, 3))
-    observed = spec.fn(x, y, dtype=dtype, **options)
+    # with a resample hook, each resample is cut from the prepared layers (CKA: its Gram)
+    states = (spec.prepare(x, **options), spec.prepare(y, **options)) if spec.resample else None
+    if states is not None:
+        observed = spec.combine(*states, **options)
+    else:
+        observed = spec.fn(x, y, dtype=dtype, **options)
     gen = _generator(seed)
     n = x.shape[0]
     subsample = not spec.duplicates_ok
@@ -139,8 +144,6 @@ def bootstrap_ci(
     if subsample and m < spec.min_rows + 1:
         raise ValueError(f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}")
     boot = torch.empty(n_boot, dtype=dtype, device=x.device)
-    # with a resample hook, each resample is cut from the prepared layers (CKA: its Gram)
-    states = (spec.prepare(x, **options), spec.prepare(y, **options)) if spec.resample else None
     done = 0
     for _ in range(50 * n_boot):
         if done == n_boot:
