@@ -168,19 +168,11 @@ def _deep_neighbours(
     lowest index first), computed once per prepared layer and kept in ``state.cache``."""
     if "deep" not in state.cache:
         xn = _normalise_rows(x)
-        n, depth = xn.shape[0], min(xn.shape[0] - 1, 4 * state.k + 16)
-        chunk = _resolve_chunk(None, n, xn.element_size())
-        indices = torch.empty(n, depth, dtype=torch.long, device=xn.device)
-        values = xn.new_empty(n, depth)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            block = xn[start:stop] @ xn.T
-            rows = torch.arange(stop - start, device=xn.device)
-            block[rows, rows + start] = float("-inf")
-            idx = torch.topk(block, depth, dim=1).indices.sort(dim=1).values  # by index ...
-            sim = block.gather(1, idx)
-            order = sim.argsort(dim=1, descending=True, stable=True)  # ... then by similarity
-            indices[start:stop], values[start:stop] = idx.gather(1, order), sim.gather(1, order)
+        depth = min(xn.shape[0] - 1, 4 * state.k + 16)
+        chunk = _resolve_chunk(None, xn.shape[0], xn.element_size())
+        idx, sim = knn_graph(xn, depth, chunk)  # ascending index, ties to the lowest
+        order = sim.argsort(dim=1, descending=True, stable=True)  # then by similarity
+        indices, values = idx.gather(1, order), sim.gather(1, order)
         state.cache["deep"] = (indices, values, xn)
     return state.cache["deep"]
 
