@@ -171,12 +171,16 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def _flag_tensor(flag: bool) -> torch.Tensor:
+    """``flag`` as a one-element tensor on the device the process group's backend uses."""
+    return torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+
+
 def broadcast_flag(flag: bool) -> bool:
     """Rank 0's value of ``flag`` on every rank (for decisions only rank 0 can make)."""
     if not is_distributed():
         return flag
-    backend_cuda = dist.get_backend() == "nccl"
-    t = torch.tensor([int(flag)], device="cuda" if backend_cuda else "cpu")
+    t = _flag_tensor(flag)
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -185,8 +189,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any rank (one all-reduce)."""
     if not is_distributed():
         return flag
-    backend_cuda = dist.get_backend() == "nccl"
-    t = torch.tensor([int(flag)], device="cuda" if backend_cuda else "cpu")
+    t = _flag_tensor(flag)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
