@@ -113,14 +113,15 @@ class GridMoments:
 
     def update(self, xs: Mapping[str, Any], ys: Mapping[str, Any] | None = None) -> None:
         """Add the same rows of every layer (``xs`` for side A, ``ys`` for side B)."""
-        rows = {("a", k): self._shifted(("a", k), v) for k, v in xs.items()}
+        shifted = {("a", k): self._shifted(("a", k), v) for k, v in xs.items()}
         if not self.same:
-            rows |= {("b", k): self._shifted(("b", k), v) for k, v in (ys or {}).items()}
+            shifted |= {("b", k): self._shifted(("b", k), v) for k, v in (ys or {}).items()}
         side_b = "a" if self.same else "b"
+        rows = {key: xc for key, (xc, _) in shifted.items()}
+        norms = {key: a for key, (_, a) in shifted.items()}  # ‖x_i‖², once per layer
         counts = {int(t.shape[0]) for t in rows.values()}
         if len(counts) != 1:
             raise ValueError(f"layers of one chunk have different row counts {sorted(counts)}")
-        norms = {key: (x * x).sum(1) for key, x in rows.items()}
         for i, a in enumerate(self.names_a):
             for j, b in enumerate(self.names_b):
                 if self.same and j <= i:
@@ -136,7 +137,9 @@ class GridMoments:
                     self.cross[(a, b)] = part
         self.n += counts.pop()
 
-    def _shifted(self, key: tuple[str, str], value: Any) -> torch.Tensor:
+    def _shifted(self, key: tuple[str, str], value: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's rows shifted by the layer's first-chunk mean, and their squared norms;
+        adds the layer's own moments."""
         x = check_matrix(value, f"layer {key[1]!r}", dtype=self.dtype)
         mom = self.layers.get(key)
         if mom is None:
@@ -153,7 +156,7 @@ class GridMoments:
         mom.g += xc.T @ xc
         mom.xa += xc.T @ a
         mom.aa += a.dot(a)
-        return xc
+        return xc, a
 
     def _pair(self, a: str, b: str) -> _PairMoments:
         ma = self.layers[("a", a)]
