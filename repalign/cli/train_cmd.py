@@ -57,17 +57,19 @@ def _interrupted(err: RunInterrupted) -> typer.Exit:
 
 
 def _data_overrides(data: str | None) -> list[str]:
-    """``synthetic``, ``synthetic:N`` (N training pairs), a cache folder, or a data file."""
+    """``synthetic[:N[:SEED]]`` (N training pairs), a cache folder, or a data file."""
     if data is None:
         return []
-    if data.startswith("synthetic:"):
-        name, _, n = data.partition(":")
-        if not n.isdigit():
-            raise ValueError(
-                f"bad --data {data!r}: use synthetic or synthetic:N (N training pairs, "
-                "a whole number, e.g. synthetic:2000)"
-            )
-        return [f"data.name={name}", f"data.n_train={int(n)}"]
+    from repalign.data.loading import parse_synthetic
+
+    synthetic = parse_synthetic(data)
+    if synthetic is not None:
+        overrides = ["data.name=synthetic"]
+        if synthetic.n is not None:
+            overrides.append(f"data.n_train={synthetic.n}")
+        if synthetic.seed is not None:
+            overrides.append(f"data.seed={synthetic.seed}")
+        return overrides
     if Path(data).is_dir():
         if not (Path(data) / "cache.json").is_file():
             raise ValueError(
@@ -102,7 +104,8 @@ def pretrain(
     config: Path | None = typer.Option(None, "--config", "-c", help="A run config YAML."),
     preset: str | None = typer.Option(None, help="Model preset: tiny or base."),
     data: str | None = typer.Option(
-        None, help="synthetic, synthetic:N, a captions .tsv, or an image cache folder."
+        None,
+        help="synthetic[:N[:SEED]] (N training pairs), a captions .tsv, or an image cache folder.",
     ),
     tasks: str | None = typer.Option(None, help="Comma-separated subset of mlm,mim,ap,itc."),
     out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
@@ -225,23 +228,7 @@ def cache(
     try:
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"--out {out} is a file; the cache is a folder: give a new one")
-        if data == "synthetic" or data.startswith("synthetic:"):
-            from repalign.data.synthetic import SyntheticCaptions
-
-            parts = data.split(":")[1:]
-            try:
-                n = int(parts[0]) if parts and parts[0] else 512
-                seed = int(parts[1]) if len(parts) > 1 else 0
-                if len(parts) > 2:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(
-                    f"bad synthetic spec {data!r}: use synthetic, synthetic:N or synthetic:N:SEED "
-                    "(whole numbers, e.g. synthetic:512)"
-                ) from None
-            dataset = SyntheticCaptions(n, seed=seed, image_size=size)
-        else:
-            dataset = load_dataset(data, images=images)
+        dataset = load_dataset(data, images=images, image_size=size)
         path = build_cache(dataset, out, size=size, source=data)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise fail(err) from None

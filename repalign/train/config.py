@@ -93,6 +93,18 @@ class DataConfig:
     test_path: str | None = None  # fine-tuning: a test jsonl reported next to dev
     cache: str | None = None  # an image cache made by `repalign data cache`
 
+    def __post_init__(self) -> None:
+        from repalign.data.loading import parse_synthetic
+
+        spec = parse_synthetic(self.name) if isinstance(self.name, str) else None
+        if spec is not None and self.name != "synthetic":
+            parts = [f"n_train: {spec.n}"] if spec.n is not None else []
+            parts += [f"seed: {spec.seed}"] if spec.seed is not None else []
+            raise ValueError(
+                f"data.name {self.name!r}: in a config write name: synthetic and "
+                f"{', '.join(parts) or 'n_train: N'} (the --data option takes synthetic:N:SEED)"
+            )
+
 
 @dataclass
 class ProbeConfig:

@@ -215,7 +215,7 @@ def test_pretrain_negative_steps_and_bad_synthetic_spec(tmp_path):
     result = runner.invoke(app, ["train", "pretrain", "--steps", "-1", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--steps" in result.output
     msg = _err("train", "pretrain", "--data", "synthetic:abc", "--out", tmp_path / "r")
-    assert "bad --data 'synthetic:abc'" in msg and "synthetic:N" in msg
+    assert "bad synthetic spec 'synthetic:abc'" in msg and "synthetic:N" in msg
 
 
 @pytest.mark.parametrize("spec", ["synthetic:abc", "synthetic:8:x", "synthetic:8:1:2"])

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from repalign.cli.main import app
@@ -76,3 +77,16 @@ def test_refused_resume_keeps_the_config_and_overwrite_clears_the_old_run(tmp_pa
     assert not (out / "checkpoints").exists()  # the earlier run's step-2 is not left behind
     assert json.loads((out / "eval.json").read_text())
     assert "steps: 1" in (out / "config.yaml").read_text()
+
+
+def test_data_option_maps_synthetic_specs_to_config_keys():
+    from repalign.cli.train_cmd import _data_overrides
+
+    assert _data_overrides("synthetic") == ["data.name=synthetic"]
+    assert _data_overrides("synthetic:16:3") == [
+        "data.name=synthetic",
+        "data.n_train=16",
+        "data.seed=3",
+    ]
+    with pytest.raises(ValueError, match="bad synthetic spec 'synthetic:8:0:junk'"):
+        _data_overrides("synthetic:8:0:junk")

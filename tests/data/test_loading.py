@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from repalign.data.captions import UnreadableImage
-from repalign.data.loading import load_dataset
+from repalign.data.loading import SyntheticSpec, load_dataset, parse_synthetic
 from repalign.data.synthetic import SyntheticCaptions
 
 
@@ -25,6 +25,31 @@ def test_synthetic_specs():
     assert load_dataset("synthetic:3:5")[0].sample_id == "synthetic-5-000000"
     with pytest.raises(ValueError, match="bad synthetic spec"):
         load_dataset("synthetic:many")
+    assert load_dataset("synthetic:2", image_size=32)[0].image.size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("synthetic", SyntheticSpec(None, None)),
+        ("synthetic:", SyntheticSpec(None, None)),
+        ("synthetic:8", SyntheticSpec(8, None)),
+        ("synthetic:8:3", SyntheticSpec(8, 3)),
+        ("synthetic::3", SyntheticSpec(None, 3)),
+        ("synthetics.tsv", None),
+        ("captions.tsv", None),
+    ],
+)
+def test_parse_synthetic(spec, parsed):
+    assert parse_synthetic(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    "spec", ["synthetic:8:0:junk", "synthetic:8:x", "synthetic:-3", "synthetic:1.5"]
+)
+def test_malformed_synthetic_specs_are_refused(spec):
+    with pytest.raises(ValueError, match=f"bad synthetic spec {spec!r}"):
+        load_dataset(spec)
 
 
 def test_tsv_with_and_without_header_and_images_dir(tmp_path):

@@ -66,3 +66,8 @@ def test_shipped_configs_load(name):
     cls = FinetuneConfig if name.startswith("finetune") else PretrainConfig
     cfg = load_config(cls, path)
     assert cfg.out.startswith("runs/")
+
+
+def test_a_synthetic_spec_as_data_name_says_which_keys_to_write():
+    with pytest.raises(ValueError, match="write name: synthetic and n_train: 64, seed: 2"):
+        load_config(PretrainConfig, None, ["data.name=synthetic:64:2"])
