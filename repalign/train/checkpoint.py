@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 from collections.abc import Mapping
@@ -131,10 +132,7 @@ def save_checkpoint(
     path = Path(path)
     state_dict = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
     tensors, aliases = _dedupe_shared(state_dict)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_temporary(path)
     save_file(tensors, tmp / WEIGHTS, metadata={"aliases": json.dumps(aliases), "format": FORMAT})
     (tmp / CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
     files = [WEIGHTS, CONFIG]
@@ -147,6 +145,36 @@ def save_checkpoint(
         "files": {f: sha256_file(tmp / f) for f in files},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return _publish(tmp, path)
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` a copy of the checkpoint directory ``source``, atomically (replacing
+    any old one). Files are hard-linked where the file system allows, so a second name
+    for a large checkpoint (``RUN/last`` next to ``checkpoints/step-N``) costs no
+    writing; checkpoint files are never modified in place, only replaced, so the two
+    names cannot diverge."""
+    source, path = Path(source), Path(path)
+    tmp = _fresh_temporary(path)
+    for file in source.iterdir():
+        try:
+            os.link(file, tmp / file.name)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copy2(file, tmp / file.name)
+    return _publish(tmp, path)
+
+
+def _fresh_temporary(path: Path) -> Path:
+    """An empty ``.NAME.tmp`` sibling of ``path`` to write a checkpoint into."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, path: Path) -> Path:
+    """Rename the finished ``tmp`` to ``path``; an old ``path`` is removed only after."""
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         if old.exists():

@@ -36,6 +36,7 @@ from repalign.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
     config_mismatch,
+    copy_checkpoint,
     load_into,
     load_model_weights,
     load_trainer_state,
@@ -425,7 +426,7 @@ class Trainer:
         rng = capture_rng_state()
         ckpt_dir = self.run_dir / "checkpoints"
         self.save(ckpt_dir / f"step-{self.step}", rng)
-        self.save(self.run_dir / "last", rng)
+        copy_checkpoint(ckpt_dir / f"step-{self.step}", self.run_dir / "last")
         old = sorted(
             (p for p in ckpt_dir.glob("step-*") if p.name[5:].isdigit()),
             key=lambda p: int(p.name[5:]),

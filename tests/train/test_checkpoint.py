@@ -4,6 +4,7 @@ import torch
 from repalign.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    copy_checkpoint,
     load_model_weights,
     load_trainer_state,
     restore_rng_state,
@@ -29,6 +30,33 @@ def test_round_trip_is_bit_exact_including_tied_weights(tmp_path):
     fresh.load_state_dict(state)
     assert fresh.tied.weight is fresh.tied_again.weight
     assert load_trainer_state(tmp_path / "ck") == {"step": 3}
+
+
+def test_periodic_checkpoint_and_last_share_their_files(tmp_path):
+    trainer = make_trainer(tmp_path / "run", steps=2)
+    trainer.fit()
+    trainer._checkpoint()  # what the loop does every checkpoint_every steps
+    step, last = tmp_path / "run" / "checkpoints" / "step-2", tmp_path / "run" / "last"
+    for name in ("model.safetensors", "trainer_state.pt", "manifest.json", "config.json"):
+        assert (last / name).stat().st_ino == (step / name).stat().st_ino, name
+    assert load_trainer_state(last)["step"] == 2
+    assert not list((tmp_path / "run").glob(".last.*"))  # no temporaries left
+
+
+def test_copy_checkpoint_copies_where_hard_links_fail(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "a", ToyModel(), {"k": 1}, {"step": 5})
+    save_checkpoint(tmp_path / "b", ToyModel(), {"k": 2}, {"step": 9})  # replaced below
+
+    def no_links(*_args):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr("repalign.train.checkpoint.os.link", no_links)
+    copy_checkpoint(tmp_path / "a", tmp_path / "b")
+    assert load_trainer_state(tmp_path / "b") == {"step": 5}
+    assert load_model_weights(tmp_path / "b")[1] == {"k": 1}
+    assert (tmp_path / "b" / "model.safetensors").stat().st_ino != (
+        tmp_path / "a" / "model.safetensors"
+    ).stat().st_ino
 
 
 def test_rng_state_round_trip_through_weights_only_load(tmp_path):
