@@ -26,19 +26,16 @@ output in its own stream (embeddings 0, ``text.layer.0`` 1, ...), and
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from repalign.data.base import Sample
-from repalign.provenance import sha256_file
 
 Stream = Literal["text", "vision", "fused"]
 TokenKind = Literal["text", "vision"]
@@ -179,23 +176,6 @@ class Adapter(ABC):
         """Move the model to ``device`` (and cast its floating parameters to ``dtype``)."""
         self.model.to(device=device, dtype=dtype)
         return self
-
-
-def sha256_of_path(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    """sha256 over a file, or over every file of a directory (relative names and contents,
-    sorted), so the same checkpoint always hashes the same. Empty string if it does not exist."""
-    p = Path(path)
-    if not p.exists():
-        return ""
-    if p.is_file():
-        return sha256_file(p, chunk)
-    digest = hashlib.sha256()
-    for f in sorted(f for f in p.rglob("*") if f.is_file()):
-        digest.update(str(f.relative_to(p)).encode())
-        with f.open("rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def config_json(config: Any) -> str:

@@ -25,7 +25,8 @@ from torch import nn
 
 from repalign.data.base import Sample
 from repalign.models._registry import register_adapter
-from repalign.models.base import Adapter, LayerInfo, config_json, sha256_of_path
+from repalign.models.base import Adapter, LayerInfo, config_json
+from repalign.provenance import sha256_of_path
 
 log = logging.getLogger(__name__)
 

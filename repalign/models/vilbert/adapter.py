@@ -35,10 +35,11 @@ from transformers import PreTrainedTokenizerBase
 from repalign.data.base import Sample
 from repalign.data.text_vocab import load_tokenizer
 from repalign.models._registry import register_adapter
-from repalign.models.base import Adapter, LayerInfo, config_json, sha256_of_path
+from repalign.models.base import Adapter, LayerInfo, config_json
 from repalign.models.vilbert.config import ViLBERTConfig
 from repalign.models.vilbert.model import ViLBERT
 from repalign.models.vilbert.preprocess import ImageTransform, stack_images, tokenize
+from repalign.provenance import sha256_of_path
 
 log = logging.getLogger(__name__)
 
