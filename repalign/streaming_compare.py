@@ -7,9 +7,10 @@ The library behind ``repalign compare --streaming``::
 
 Rows are read from the netCDF files ``chunk_size`` samples at a time (the
 files are opened lazily, shard files through :func:`repalign.store.merge.open_merged`
-included) and only moments are kept: per selected layer its column sum, ``XᵀX``,
-``Σ x_i‖x_i‖²`` and ``Σ‖x_i‖⁴``; per layer pair ``XᵀY``, ``Σ x_i‖y_i‖²``,
-``Σ y_i‖x_i‖²`` and ``Σ‖x_i‖²‖y_i‖²`` (the last three for unbiased CKA). Memory is
+included) and only moments are kept, in a :class:`repalign.metrics.streaming.GridMoments`:
+per selected layer its column sum and ``XᵀX``, per layer pair ``XᵀY``, and only when
+unbiased CKA is requested the row-norm moments it needs (``Σ x_i‖x_i‖²``, ``Σ‖x_i‖⁴``
+per layer; ``Σ x_i‖y_i‖²``, ``Σ y_i‖x_i‖²``, ``Σ‖x_i‖²‖y_i‖²`` per pair). Memory is
 therefore ``O(chunk_size · Σd + Σd² + Σ_pairs d_a·d_b)`` whatever n is; each layer's
 own moments are computed once per chunk, not once per pair. They are scored with the
 estimators of :mod:`repalign.metrics.streaming`, so results equal the in-memory
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from repalign._numerics import check_compute_dtype, check_matrix, check_rows, resolve_device
+from repalign._numerics import resolve_device
 from repalign._progress import progress_bar
 from repalign.compare import (
     MetricRequest,
@@ -41,15 +42,7 @@ from repalign.compare import (
     provenance_attrs,
     run_config,
 )
-from repalign.metrics.streaming import (
-    centered_cross,
-    centered_gram,
-    linear_cka_from_moments,
-    linear_unbiased_hsic_from_moments,
-    mean_cca_from_moments,
-    positive_self_hsic,
-    whitening_map,
-)
+from repalign.metrics.streaming import GridMoments
 from repalign.store import schema
 from repalign.store.scores import LayerAxis, scores_dataset
 
@@ -61,176 +54,6 @@ STREAMING_METRICS: dict[str, dict[str, tuple[Any, ...]]] = {
     "cka": {"kernel": ("linear",), "unbiased": (False, True)},
     "cca": {},
 }
-
-
-@dataclass
-class _LayerMoments:
-    """One layer's rows, shifted by its first chunk's mean: column sum ``s``, ``XᵀX``,
-    and for unbiased CKA ``Σ x_i‖x_i‖²`` and ``Σ‖x_i‖⁴``."""
-
-    shift: torch.Tensor
-    s: torch.Tensor
-    g: torch.Tensor
-    xa: torch.Tensor
-    aa: torch.Tensor
-
-
-@dataclass
-class _PairMoments:
-    """Cross moments of layers A and B: ``XᵀY``, ``Σ x_i‖y_i‖²``, ``Σ y_i‖x_i‖²``,
-    ``Σ‖x_i‖²‖y_i‖²``."""
-
-    xy: torch.Tensor
-    xb: torch.Tensor
-    ya: torch.Tensor
-    ab: torch.Tensor
-
-    def __iadd__(self, other: _PairMoments) -> _PairMoments:
-        self.xy += other.xy
-        self.xb += other.xb
-        self.ya += other.ya
-        self.ab += other.ab
-        return self
-
-    @property
-    def T(self) -> _PairMoments:  # noqa: N802 - the moments of (B, A)
-        return _PairMoments(self.xy.T, self.ya, self.xb, self.ab)
-
-
-class GridMoments:
-    """Second moments of every selected layer and every layer pair, accumulated by chunks."""
-
-    def __init__(
-        self, names_a: Sequence[str], names_b: Sequence[str] | None, *, dtype: torch.dtype
-    ) -> None:
-        self.dtype = check_compute_dtype(dtype)
-        self.names_a = list(names_a)
-        self.same = names_b is None
-        self.names_b = self.names_a if names_b is None else list(names_b)
-        self.n = 0
-        self.layers: dict[tuple[str, str], _LayerMoments] = {}
-        self.cross: dict[tuple[str, str], _PairMoments] = {}
-
-    def update(self, xs: Mapping[str, Any], ys: Mapping[str, Any] | None = None) -> None:
-        """Add the same rows of every layer (``xs`` for side A, ``ys`` for side B)."""
-        shifted = {("a", k): self._shifted(("a", k), v) for k, v in xs.items()}
-        if not self.same:
-            shifted |= {("b", k): self._shifted(("b", k), v) for k, v in (ys or {}).items()}
-        side_b = "a" if self.same else "b"
-        rows = {key: xc for key, (xc, _) in shifted.items()}
-        norms = {key: a for key, (_, a) in shifted.items()}  # ‖x_i‖², once per layer
-        counts = {int(t.shape[0]) for t in rows.values()}
-        if len(counts) != 1:
-            raise ValueError(f"layers of one chunk have different row counts {sorted(counts)}")
-        for i, a in enumerate(self.names_a):
-            for j, b in enumerate(self.names_b):
-                if self.same and j <= i:
-                    continue  # (b, a) is the transpose of (a, b); (a, a) is the layer's own
-                ka, kb = ("a", a), (side_b, b)
-                x, y = rows[ka], rows[kb]
-                part = _PairMoments(
-                    x.T @ y, x.T @ norms[kb], y.T @ norms[ka], norms[ka].dot(norms[kb])
-                )
-                if (a, b) in self.cross:
-                    self.cross[(a, b)] += part
-                else:
-                    self.cross[(a, b)] = part
-        self.n += counts.pop()
-
-    def _shifted(self, key: tuple[str, str], value: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chunk's rows shifted by the layer's first-chunk mean, and their squared norms;
-        adds the layer's own moments."""
-        x = check_matrix(value, f"layer {key[1]!r}", dtype=self.dtype)
-        mom = self.layers.get(key)
-        if mom is None:
-            shift = x.mean(0)
-            xc = x - shift
-            mom = self.layers[key] = _LayerMoments(
-                shift, xc.new_zeros(x.shape[1]), xc.new_zeros(x.shape[1], x.shape[1]),
-                xc.new_zeros(x.shape[1]), xc.new_zeros(()),
-            )  # fmt: skip
-        else:
-            xc = x - mom.shift
-        a = (xc * xc).sum(1)
-        mom.s += xc.sum(0)
-        mom.g += xc.T @ xc
-        mom.xa += xc.T @ a
-        mom.aa += a.dot(a)
-        return xc, a
-
-    def _pair(self, a: str, b: str) -> _PairMoments:
-        ma = self.layers[("a", a)]
-        if self.same and a == b:
-            return _PairMoments(ma.g, ma.xa, ma.xa, ma.aa)
-        return self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
-
-    def scores(self, metric: str, *, unbiased: bool = False) -> np.ndarray:
-        """The ``(len(names_a), len(names_b))`` grid of ``metric``: ``"cka"`` (linear,
-        biased, or ``unbiased``) or ``"cca"``.
-
-        Each layer's own term (the Frobenius norm of its centered ``XᵀX``, its unbiased
-        self-HSIC, or its CCA whitening map: one eigendecomposition) is computed once and
-        shared by every pair the layer is in, so scoring costs ``La + Lb``
-        decompositions, not ``2 · La · Lb``.
-        """
-        if metric not in STREAMING_METRICS:
-            raise ValueError(
-                f"no streaming estimator for {metric!r}; have {list(STREAMING_METRICS)}"
-            )
-        if self.n < 2:
-            raise ValueError(f"need at least 2 rows before scoring, got {self.n}")
-        kind = "cka_unbiased" if metric == "cka" and unbiased else metric
-        if kind == "cka_unbiased":
-            check_rows(self.n, 4, "the unbiased HSIC of Song et al. 2012 divides by n(n-3)")
-        side_b = "a" if self.same else "b"
-        cache: dict[tuple[str, str], Any] = {}
-
-        def term(side: str, name: str) -> Any:
-            if (side, name) not in cache:
-                cache[(side, name)] = self._layer_term(kind, self.layers[(side, name)], name)
-            return cache[(side, name)]
-
-        out = np.empty((len(self.names_a), len(self.names_b)))
-        for i, a in enumerate(self.names_a):
-            for j, b in enumerate(self.names_b):
-                ma, mb, pair = self.layers[("a", a)], self.layers[(side_b, b)], self._pair(a, b)
-                ta, tb = term("a", a), term(side_b, b)
-                if kind == "cka_unbiased":
-                    hsic = linear_unbiased_hsic_from_moments(
-                        self.n, pair.xy, (ma.s, mb.s), (ma.g.trace(), mb.g.trace()),
-                        pair.xb, pair.ya, pair.ab,
-                    )  # fmt: skip
-                    out[i, j] = float(hsic / torch.sqrt(ta * tb))
-                    continue
-                cxy = centered_cross(self.n, ma.s, mb.s, pair.xy)
-                score = linear_cka_from_moments if kind == "cka" else mean_cca_from_moments
-                out[i, j] = float(score(cxy, ta, tb))
-        return out
-
-    def _layer_term(self, kind: str, mom: _LayerMoments, name: str) -> Any:
-        """What every pair of this layer shares: see :meth:`scores`."""
-        if kind == "cka_unbiased":
-            trace = mom.g.trace()
-            return positive_self_hsic(
-                linear_unbiased_hsic_from_moments(
-                    self.n, mom.g, (mom.s, mom.s), (trace, trace), mom.xa, mom.xa, mom.aa
-                )
-            )
-        cxx = centered_gram(self.n, mom.s, mom.g, name=f"layer {name!r}")
-        if kind == "cka":
-            return torch.linalg.norm(cxx)
-        w = whitening_map(cxx)
-        if w.shape[1] < cxx.shape[0]:
-            log.warning(
-                "streaming cca: layer %r has %d of %d directions below what second moments "
-                "resolve (singular values under ~%.0e of the largest); they are left out. If "
-                "they are signal and not rounding noise, compare this layer without --streaming",
-                name,
-                cxx.shape[0] - w.shape[1],
-                cxx.shape[0],
-                (max(cxx.shape[0], 2) * torch.finfo(cxx.dtype).eps) ** 0.5,
-            )
-        return w
 
 
 def check_streamable(requests: Sequence[MetricRequest]) -> None:
@@ -321,8 +144,9 @@ def streaming_compare(
             side_b = _open_side(src, layers_b or ("*",), allow_incomplete=allow_incomplete)
         try:
             grid, n = _accumulate(
-                side_a, side_b, same, chunk_size, dev, dtype, align_on_ids, progress
-            )
+                side_a, side_b, same, _needs_row_norms(requests), chunk_size, dev, dtype,
+                align_on_ids, progress,
+            )  # fmt: skip
         finally:
             if side_b is not side_a:
                 side_b.ds.close()
@@ -337,10 +161,16 @@ def streaming_compare(
     return scores_dataset(side_a.axis, side_b.axis, scored, attrs)
 
 
+def _needs_row_norms(requests: Sequence[MetricRequest]) -> bool:
+    """Only unbiased CKA needs the row-norm moments; the rest is spared their cost."""
+    return any(req.name == "cka" and req.options.get("unbiased") for req in requests)
+
+
 def _accumulate(
     side_a: _Side,
     side_b: _Side,
     same: bool,
+    row_norm_moments: bool,
     chunk_size: int,
     dev: torch.device,
     dtype: torch.dtype,
@@ -350,7 +180,12 @@ def _accumulate(
     idx_a, idx_b = align_sample_ids(
         side_a.ids, side_b.ids, align_on_ids=align_on_ids, names=(side_a.path, side_b.path)
     )
-    grid = GridMoments(side_a.axis.names, None if same else side_b.axis.names, dtype=dtype)
+    grid = GridMoments(
+        side_a.axis.names,
+        None if same else side_b.axis.names,
+        dtype=dtype,
+        row_norm_moments=row_norm_moments,
+    )
     n = len(idx_a)
     log.info(
         "streaming %d x %d layers over %d samples, %d per chunk",

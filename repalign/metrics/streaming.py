@@ -1,75 +1,323 @@
 """Linear CKA and CCA over batches of rows, for ``n`` that does not fit in memory.
 
-Both accumulate the second moments ``XᵀX``, ``YᵀY``, ``XᵀY`` and the column
-sums of the rows seen so far (memory O((d1 + d2)²), independent of n). To
-avoid catastrophic cancellation when the means are large, rows are shifted by
-the mean of the first batch before accumulating; centering is exact under any
-shift.
+Only moments of the rows are kept: per layer its column sum and ``XᵀX``, per layer
+pair ``XᵀY``, and for unbiased CKA a few moments of the squared row norms
+(memory O(Σd² + Σ_pairs d_a·d_b), independent of n). :class:`GridMoments` holds
+them for every layer and layer pair of a grid (what ``repalign compare
+--streaming`` feeds); :class:`StreamingCKA` and :class:`StreamingCCA` are its
+one-pair case. To avoid catastrophic cancellation when the means are large, each
+layer's rows are shifted by the mean of its first batch before accumulating;
+centering is exact under any shift.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from repalign._numerics import check_compute_dtype, check_pair, check_rows, scalar_like
+from repalign._numerics import (
+    check_compute_dtype,
+    check_matrix,
+    check_pair,
+    check_rows,
+    scalar_like,
+)
 from repalign.metrics._kernels import unbiased_hsic_from_parts
+
+log = logging.getLogger(__name__)
+
+#: what :meth:`GridMoments.scores` computes: linear CKA (biased or unbiased) and mean CCA
+GRID_METRICS = ("cka", "cca")
+
+_Key = tuple[str, str]  # (side "a" or "b", layer name)
+
+
+class LayerMoments:
+    """One layer's rows, shifted by its first batch's mean: column sum ``s``, ``XᵀX`` ``g``
+    and, when gathering row-norm moments (for unbiased CKA), ``xa = Σ x_i‖x_i‖²`` and
+    ``aa = Σ‖x_i‖⁴`` (else ``None``)."""
+
+    def __init__(self, first: torch.Tensor, *, row_norm_moments: bool) -> None:
+        d = first.shape[1]
+        self.shift = first.mean(0)
+        self.s, self.g = first.new_zeros(d), first.new_zeros(d, d)
+        self.xa = first.new_zeros(d) if row_norm_moments else None
+        self.aa = first.new_zeros(()) if row_norm_moments else None
+
+    def check(self, x: torch.Tensor, label: str) -> None:
+        """Refuse a batch that cannot join the earlier ones (other width or device)."""
+        if x.shape[1] != self.s.shape[0]:
+            raise ValueError(
+                f"batch widths differ: {label} has {x.shape[1]} columns in this batch and "
+                f"{self.s.shape[0]} in the first; every batch must hold the same features"
+            )
+        if x.device != self.s.device:
+            raise ValueError(
+                f"{label}: batch is on {x.device}, earlier batches on {self.s.device}; "
+                "move every batch to one device"
+            )
+
+    def add(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add a batch; return its shifted rows and, if gathered, their squared norms."""
+        xc = x - self.shift
+        self.s += xc.sum(0)
+        self.g += xc.T @ xc
+        if self.xa is None:
+            return xc, None
+        a = (xc * xc).sum(1)
+        self.xa += xc.T @ a
+        self.aa += a.dot(a)
+        return xc, a
+
+    def centered(self, n: int, label: str) -> torch.Tensor:
+        """``XcᵀXc`` of the ``n`` rows seen (raises if the layer is constant)."""
+        return centered_gram(n, self.s, self.g, name=label)
+
+
+@dataclass
+class PairMoments:
+    """Cross moments of layers A and B: ``XᵀY`` and, for unbiased CKA, ``Σ x_i‖y_i‖²``,
+    ``Σ y_i‖x_i‖²`` and ``Σ‖x_i‖²‖y_i‖²`` (``None`` when row norms are not gathered)."""
+
+    xy: torch.Tensor
+    xb: torch.Tensor | None = None
+    ya: torch.Tensor | None = None
+    ab: torch.Tensor | None = None
+
+    @classmethod
+    def of(
+        cls, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None
+    ) -> PairMoments:
+        """The moments of one batch of shifted rows ``x``, ``y`` with squared norms ``a``, ``b``."""
+        if a is None or b is None:
+            return cls(x.T @ y)
+        return cls(x.T @ y, x.T @ b, y.T @ a, a.dot(b))
+
+    def __iadd__(self, other: PairMoments) -> PairMoments:
+        self.xy += other.xy
+        if self.xb is not None:
+            self.xb += other.xb
+            self.ya += other.ya
+            self.ab += other.ab
+        return self
+
+    @property
+    def T(self) -> PairMoments:  # noqa: N802 - the moments of (B, A)
+        return PairMoments(self.xy.T, self.ya, self.xb, self.ab)
+
+
+class GridMoments:
+    """Moments of every selected layer and every layer pair, accumulated batch by batch.
+
+    ``names_b=None`` compares the layers ``names_a`` with each other (each pair once);
+    otherwise every layer of side A with every layer of side B. Each layer's own moments
+    are computed once per batch, not once per pair. ``row_norm_moments`` gathers what
+    unbiased CKA needs beyond the second moments (about ``2/d`` more work); pass
+    ``False`` when only biased CKA and CCA will be scored.
+    """
+
+    def __init__(
+        self,
+        names_a: Sequence[str],
+        names_b: Sequence[str] | None,
+        *,
+        dtype: torch.dtype,
+        row_norm_moments: bool = True,
+    ) -> None:
+        self.dtype = check_compute_dtype(dtype)
+        self.names_a = list(names_a)
+        self.same = names_b is None
+        self.names_b = self.names_a if names_b is None else list(names_b)
+        self.row_norm_moments = row_norm_moments
+        self.n = 0
+        self.layers: dict[_Key, LayerMoments] = {}
+        self.cross: dict[tuple[str, str], PairMoments] = {}
+
+    @property
+    def _side_b(self) -> str:
+        return "a" if self.same else "b"
+
+    def update(self, xs: Mapping[str, Any], ys: Mapping[str, Any] | None = None) -> GridMoments:
+        """Add the same rows of every layer (``xs`` for side A, ``ys`` for side B)."""
+        if self.same and ys is not None:
+            raise ValueError("this grid compares names_a with each other: pass ys=None")
+        chunk = {("a", k): v for k, v in xs.items()}
+        chunk |= {("b", k): v for k, v in (ys or {}).items()}
+        self._add(
+            {
+                key: check_matrix(v, f"layer {key[1]!r}", dtype=self.dtype)
+                for key, v in chunk.items()
+            }
+        )
+        return self
+
+    def _add(self, chunk: dict[_Key, torch.Tensor]) -> None:
+        """Add validated rows keyed by (side, name); refuses the whole chunk, changing
+        nothing, if a layer is missing or its width, device or row count is off."""
+        wanted = {("a", k) for k in self.names_a} | {(self._side_b, k) for k in self.names_b}
+        if set(chunk) != wanted:
+            missing = sorted(k for _, k in wanted - set(chunk))
+            extra = sorted(k for _, k in set(chunk) - wanted)
+            raise ValueError(
+                f"a chunk must hold every layer of the grid and no other: missing {missing}, "
+                f"unexpected {extra}"
+            )
+        counts = {int(t.shape[0]) for t in chunk.values()}
+        if len(counts) != 1:
+            raise ValueError(f"layers of one chunk have different row counts {sorted(counts)}")
+        devices = {str(t.device) for t in chunk.values()}
+        if len(devices) != 1:
+            raise ValueError(
+                f"layers of one chunk are on different devices {sorted(devices)}; move them to one"
+            )
+        for key, x in chunk.items():
+            if key in self.layers:
+                self.layers[key].check(x, f"layer {key[1]!r}")
+        shifted: dict[_Key, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for key, x in chunk.items():
+            if key not in self.layers:
+                self.layers[key] = LayerMoments(x, row_norm_moments=self.row_norm_moments)
+            shifted[key] = self.layers[key].add(x)  # rows and ‖x_i‖², once per layer
+        for i, a in enumerate(self.names_a):
+            for j, b in enumerate(self.names_b):
+                if self.same and j <= i:
+                    continue  # (b, a) is the transpose of (a, b); (a, a) is the layer's own
+                (x, norms_x), (y, norms_y) = shifted[("a", a)], shifted[(self._side_b, b)]
+                part = PairMoments.of(x, y, norms_x, norms_y)
+                if (a, b) in self.cross:
+                    self.cross[(a, b)] += part
+                else:
+                    self.cross[(a, b)] = part
+        self.n += counts.pop()
+
+    def _pair(self, a: str, b: str) -> PairMoments:
+        ma = self.layers[("a", a)]
+        if self.same and a == b:
+            return PairMoments(ma.g, ma.xa, ma.xa, ma.aa)
+        return self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
+
+    def _kind(self, metric: str, unbiased: bool) -> str:
+        """Validate a scoring request; ``"cka"``, ``"cka_unbiased"`` or ``"cca"``."""
+        if metric not in GRID_METRICS:
+            raise ValueError(f"no streaming estimator for {metric!r}; have {list(GRID_METRICS)}")
+        if self.n < 2:
+            raise ValueError(f"need at least 2 rows before scoring, got {self.n}")
+        if metric != "cka" or not unbiased:
+            return metric
+        if not self.row_norm_moments:
+            raise ValueError(
+                "unbiased CKA needs the row-norm moments, which were not gathered: accumulate "
+                "with row_norm_moments=True (StreamingCKA(unbiased=True))"
+            )
+        check_rows(self.n, 4, "the unbiased HSIC of Song et al. 2012 divides by n(n-3)")
+        return "cka_unbiased"
+
+    def score(self, metric: str, a: str, b: str, *, unbiased: bool = False) -> torch.Tensor:
+        """``metric`` of layer ``a`` (side A) with layer ``b`` (side B), a 0-d tensor."""
+        kind = self._kind(metric, unbiased)
+        for name, names, side in ((a, self.names_a, "A"), (b, self.names_b, "B")):
+            if name not in names:
+                raise ValueError(f"no layer {name!r} on side {side} of this grid; have {names}")
+        ta = self._layer_term(kind, self.layers[("a", a)], a)
+        tb = self._layer_term(kind, self.layers[(self._side_b, b)], b)
+        return self._pair_score(kind, a, b, ta, tb)
+
+    def scores(self, metric: str, *, unbiased: bool = False) -> np.ndarray:
+        """The ``(len(names_a), len(names_b))`` grid of ``metric``: ``"cka"`` (linear,
+        biased, or ``unbiased``) or ``"cca"``.
+
+        Each layer's own term (the Frobenius norm of its centered ``XᵀX``, its unbiased
+        self-HSIC, or its CCA whitening map: one eigendecomposition) is computed once and
+        shared by every pair the layer is in, so scoring costs ``La + Lb``
+        decompositions, not ``2 · La · Lb``.
+        """
+        kind = self._kind(metric, unbiased)
+        cache: dict[_Key, Any] = {}
+
+        def term(side: str, name: str) -> Any:
+            if (side, name) not in cache:
+                cache[(side, name)] = self._layer_term(kind, self.layers[(side, name)], name)
+            return cache[(side, name)]
+
+        out = np.empty((len(self.names_a), len(self.names_b)))
+        for i, a in enumerate(self.names_a):
+            for j, b in enumerate(self.names_b):
+                ta, tb = term("a", a), term(self._side_b, b)
+                out[i, j] = float(self._pair_score(kind, a, b, ta, tb))
+        return out
+
+    def _pair_score(self, kind: str, a: str, b: str, ta: Any, tb: Any) -> torch.Tensor:
+        ma, mb, pair = self.layers[("a", a)], self.layers[(self._side_b, b)], self._pair(a, b)
+        if kind == "cka_unbiased":
+            hsic = linear_unbiased_hsic_from_moments(
+                self.n, pair.xy, (ma.s, mb.s), (ma.g.trace(), mb.g.trace()),
+                pair.xb, pair.ya, pair.ab,
+            )  # fmt: skip
+            return hsic / torch.sqrt(ta * tb)
+        cxy = centered_cross(self.n, ma.s, mb.s, pair.xy)
+        score = linear_cka_from_moments if kind == "cka" else mean_cca_from_moments
+        return score(cxy, ta, tb)
+
+    def _layer_term(self, kind: str, mom: LayerMoments, name: str) -> Any:
+        """What every pair of this layer shares: see :meth:`scores`."""
+        if kind == "cka_unbiased":
+            trace = mom.g.trace()
+            return positive_self_hsic(
+                linear_unbiased_hsic_from_moments(
+                    self.n, mom.g, (mom.s, mom.s), (trace, trace), mom.xa, mom.xa, mom.aa
+                )
+            )
+        cxx = mom.centered(self.n, f"layer {name!r}")
+        if kind == "cka":
+            return torch.linalg.norm(cxx)
+        w = whitening_map(cxx)
+        if w.shape[1] < cxx.shape[0]:
+            log.warning(
+                "streaming cca: layer %r has %d of %d directions below what second moments "
+                "resolve (singular values under ~%.0e of the largest); they are left out. If "
+                "they are signal and not rounding noise, score this layer with the in-memory "
+                "cca (repalign compare without --streaming)",
+                name,
+                cxx.shape[0] - w.shape[1],
+                cxx.shape[0],
+                (max(cxx.shape[0], 2) * torch.finfo(cxx.dtype).eps) ** 0.5,
+            )
+        return w
 
 
 class _MomentAccumulator:
+    """The one-pair grid behind :class:`StreamingCKA` and :class:`StreamingCCA`: layer
+    ``x`` against layer ``y``, fed two matrices per batch."""
+
     def __init__(self, dtype: torch.dtype, *, row_norm_moments: bool = False) -> None:
-        self.dtype = check_compute_dtype(dtype)
-        self.n = 0
-        self._shift_x: torch.Tensor | None = None
-        # Σ x_i‖y_i‖², Σ y_i‖x_i‖², Σ‖x_i‖²‖y_i‖² and the same of each side with itself:
-        # what unbiased HSIC needs beyond the second moments
-        self.row_norm_moments = row_norm_moments
-        self.norm_moments: dict[str, torch.Tensor] = {}
+        self._grid = GridMoments(["x"], ["y"], dtype=dtype, row_norm_moments=row_norm_moments)
+        self.dtype = self._grid.dtype
+
+    @property
+    def n(self) -> int:
+        """Rows seen so far."""
+        return self._grid.n
 
     def update(self, x_batch: Any, y_batch: Any) -> _MomentAccumulator:
         """Add a batch of rows (the same stimuli in the same order in both)."""
         x, y = check_pair(x_batch, y_batch, dtype=self.dtype, min_rows=1, nonconstant=False)
-        if self._shift_x is None:
-            self._shift_x, self._shift_y = x.mean(0), y.mean(0)
-            d1, d2 = x.shape[1], y.shape[1]
-            self.sx, self.sy = x.new_zeros(d1), y.new_zeros(d2)
-            self.xx, self.yy, self.xy = (
-                x.new_zeros(d1, d1),
-                y.new_zeros(d2, d2),
-                x.new_zeros(d1, d2),
-            )
-        elif x.shape[1] != self.sx.shape[0] or y.shape[1] != self.sy.shape[0]:
-            raise ValueError(
-                f"batch widths ({x.shape[1]}, {y.shape[1]}) differ from the first batch's "
-                f"({self.sx.shape[0]}, {self.sy.shape[0]})"
-            )
-        elif x.device != self.sx.device:
-            raise ValueError(f"batch is on {x.device}, earlier batches on {self.sx.device}")
-        x, y = x - self._shift_x, y - self._shift_y
-        self.n += x.shape[0]
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
-        self.xx += x.T @ x
-        self.yy += y.T @ y
-        self.xy += x.T @ y
-        if self.row_norm_moments:
-            a, b = (x * x).sum(1), (y * y).sum(1)
-            terms = {"xb": x.T @ b, "ya": y.T @ a, "ab": a.dot(b), "xa": x.T @ a,
-                     "aa": a.dot(a), "yb": y.T @ b, "bb": b.dot(b)}  # fmt: skip
-            for key, value in terms.items():
-                old = self.norm_moments.get(key)
-                self.norm_moments[key] = value if old is None else old + value
+        self._grid._add({("a", "x"): x, ("b", "y"): y})
         return self
 
     def centered_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """XcᵀXc, YcᵀYc, XcᵀYc of all rows seen, centered on their overall mean."""
         if self.n < 2:
             raise ValueError(f"need at least 2 rows before compute(), got {self.n}")
+        mx, my = self._grid.layers[("a", "x")], self._grid.layers[("b", "y")]
         return (
-            centered_gram(self.n, self.sx, self.xx, name="x"),
-            centered_gram(self.n, self.sy, self.yy, name="y"),
-            centered_cross(self.n, self.sx, self.sy, self.xy),
+            mx.centered(self.n, "x"),
+            my.centered(self.n, "y"),
+            centered_cross(self.n, mx.s, my.s, self._grid.cross[("x", "y")].xy),
         )
 
 
@@ -162,22 +410,8 @@ class StreamingCKA(_MomentAccumulator):
         self.unbiased = unbiased
 
     def compute(self) -> torch.Tensor:
-        if not self.unbiased:
-            cxx, cyy, cxy = self.centered_moments()
-            return linear_cka_from_moments(cxy, torch.linalg.norm(cxx), torch.linalg.norm(cyy))
-        check_rows(self.n, 4, "the unbiased HSIC estimator of Song et al. 2012 divides by n(n-3)")
-        m, n = self.norm_moments, self.n
-        traces = (torch.trace(self.xx), torch.trace(self.yy))
-        hsic_xx = linear_unbiased_hsic_from_moments(
-            n, self.xx, (self.sx, self.sx), (traces[0],) * 2, m["xa"], m["xa"], m["aa"]
-        )
-        hsic_yy = linear_unbiased_hsic_from_moments(
-            n, self.yy, (self.sy, self.sy), (traces[1],) * 2, m["yb"], m["yb"], m["bb"]
-        )
-        hsic_xy = linear_unbiased_hsic_from_moments(
-            n, self.xy, (self.sx, self.sy), traces, m["xb"], m["ya"], m["ab"]
-        )
-        return hsic_xy / torch.sqrt(positive_self_hsic(hsic_xx) * positive_self_hsic(hsic_yy))
+        """CKA of all rows seen so far, a 0-d tensor on their device."""
+        return self._grid.score("cka", "x", "y", unbiased=self.unbiased)
 
 
 def positive_self_hsic(h: torch.Tensor) -> torch.Tensor:
@@ -205,5 +439,6 @@ class StreamingCCA(_MomentAccumulator):
         super().__init__(dtype)
 
     def compute(self) -> torch.Tensor:
-        cxx, cyy, cxy = self.centered_moments()
-        return mean_cca_from_moments(cxy, whitening_map(cxx), whitening_map(cyy))
+        """Mean CCA of all rows seen so far, a 0-d tensor on their device; logs a warning
+        naming ``x`` or ``y`` if directions were left out."""
+        return self._grid.score("cca", "x", "y")

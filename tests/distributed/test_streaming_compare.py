@@ -155,3 +155,32 @@ def test_grid_cca_warns_about_a_layer_with_unresolvable_directions(caplog):
     assert scores[0, 0] == pytest.approx(1.0, abs=1e-12)
     (record,) = caplog.records
     assert "'low' has 4 of 10 directions" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "metrics,gathered",
+    [
+        (["cka", "cca"], False),
+        ([("cka", {"unbiased": True})], True),
+        (["cca", ("cka", {"unbiased": True})], True),
+    ],
+)
+def test_row_norm_moments_only_for_unbiased_cka(monkeypatch, files, metrics, gathered):
+    import repalign.streaming_compare as sc
+
+    grids = []
+
+    class Spy(GridMoments):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            grids.append(self)
+
+    monkeypatch.setattr(sc, "GridMoments", Spy)
+    a, b = files
+    got = streaming_compare([a, b], metrics, chunk_size=10, progress=False)
+    np.testing.assert_allclose(
+        _scores(got), _scores(compare([a, b], metrics, progress=False)), rtol=1e-9
+    )
+    (grid,) = grids
+    assert grid.row_norm_moments is gathered
+    assert all((m.xa is not None) is gathered for m in grid.layers.values())

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from repalign.metrics import StreamingCCA, StreamingCKA, cca, cka
+from repalign.metrics.streaming import GridMoments
 from tests.metrics._data import related_pair
 
 
@@ -77,3 +79,61 @@ def test_streaming_unbiased_cka_equals_in_memory(batch):
     assert float(acc.compute()) == pytest.approx(float(cka(x, y, unbiased=True)), abs=1e-9)
     with pytest.raises(ValueError, match="n\\(n-3\\)"):
         StreamingCKA(unbiased=True).update(x[:3], y[:3]).compute()
+
+
+def _grid_chunks(gen: torch.Generator, widths: dict[str, int], n: int = 60, step: int = 20):
+    rows = {k: torch.randn(n, d, generator=gen, dtype=torch.float64) for k, d in widths.items()}
+    return rows, [{k: v[lo : lo + step] for k, v in rows.items()} for lo in range(0, n, step)]
+
+
+@pytest.mark.parametrize("row_norm_moments", [False, True])
+def test_grid_without_row_norms_scores_biased_metrics_the_same(row_norm_moments):
+    gen = torch.Generator().manual_seed(3)
+    rows, chunks = _grid_chunks(gen, {"l0": 4, "l1": 6, "l2": 3})
+    grid = GridMoments(list(rows), None, dtype=torch.float64, row_norm_moments=row_norm_moments)
+    for chunk in chunks:
+        grid.update(chunk)
+    for metric, fn in (("cka", cka), ("cca", cca)):
+        expected = [[float(fn(rows[a], rows[b])) for b in rows] for a in rows]
+        np.testing.assert_allclose(grid.scores(metric), expected, rtol=1e-10)
+    gathered = [m.xa is not None for m in grid.layers.values()]
+    gathered += [p.xb is not None for p in grid.cross.values()]
+    assert gathered == [row_norm_moments] * len(gathered)
+    if row_norm_moments:
+        ref = float(cka(rows["l0"], rows["l2"], unbiased=True))
+        assert grid.scores("cka", unbiased=True)[0, 2] == pytest.approx(ref, rel=1e-9)
+    else:
+        with pytest.raises(ValueError, match="row_norm_moments=True"):
+            grid.scores("cka", unbiased=True)
+
+
+def test_grid_refuses_a_bad_chunk_whole_and_keeps_its_moments():
+    """A chunk with one bad layer is refused before any moment changes, so the caller can
+    fix or drop it and go on."""
+    gen = torch.Generator().manual_seed(4)
+    xs, ys = _grid_chunks(gen, {"x": 5})[0], _grid_chunks(gen, {"y": 4})[0]
+    grid = GridMoments(["x"], ["y"], dtype=torch.float64)
+    grid.update({"x": xs["x"][:30]}, {"y": ys["y"][:30]})
+    bad = [
+        ({"x": xs["x"][30:, :3]}, {"y": ys["y"][30:]}, "widths differ: layer 'x' has 3"),
+        ({"x": xs["x"][30:]}, {"y": ys["y"][31:]}, "different row counts"),
+        ({"x": xs["x"][30:]}, {}, "missing \\['y'\\]"),
+        ({"x": xs["x"][30:], "z": xs["x"][30:]}, {"y": ys["y"][30:]}, "unexpected \\['z'\\]"),
+    ]
+    for x_part, y_part, message in bad:
+        with pytest.raises(ValueError, match=message):
+            grid.update(x_part, y_part)
+    assert grid.n == 30
+    grid.update({"x": xs["x"][30:]}, {"y": ys["y"][30:]})
+    assert float(grid.score("cka", "x", "y")) == pytest.approx(float(cka(xs["x"], ys["y"])))
+    with pytest.raises(ValueError, match="no layer 'y' on side A"):
+        grid.score("cka", "y", "y")
+
+
+def test_streaming_cca_names_the_side_it_leaves_directions_out_of(caplog):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    x[:, 6:] *= 1e-10
+    with caplog.at_level("WARNING", logger="repalign.metrics.streaming"):
+        StreamingCCA().update(x, torch.randn(200, 3, generator=g, dtype=torch.float64)).compute()
+    assert ["layer 'x' has 2 of 8 directions" in r.getMessage() for r in caplog.records] == [True]
