@@ -1,8 +1,9 @@
 """``repalign compare`` and ``repalign plot``: feature files -> scores.nc -> figures.
 
 This module only parses options and calls the library: :func:`repalign.compare.compare`
-(or :func:`repalign.streaming_compare.streaming_compare`), :mod:`repalign.store.scores`
-(check the output, write, open) and :func:`repalign.store.plot.plot_scores`.
+(or :func:`repalign.streaming_compare.streaming_compare`),
+:func:`repalign.store.outputs.check_output_file` (the --out check), :mod:`repalign.store.scores`
+(write, open) and :func:`repalign.store.plot.plot_scores`.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def compare_cmd(
 ) -> None:
     """Score layers of feature files against each other and write a score file."""
     from repalign.compare import compare
-    from repalign.store.scores import check_scores_path, write_scores
+    from repalign.store.outputs import SCORES, check_output_file
+    from repalign.store.scores import write_scores
 
     if len(files) > 2:
         raise fail(f"compare takes one or two feature files, got {len(files)}")
@@ -114,12 +116,8 @@ def compare_cmd(
             raise ValueError(
                 "--streaming computes scores only; drop --permutations/--bootstrap or --streaming"
             )
-        check_scores_path(out, overwrite=overwrite)
-        if out.exists() and any(out.resolve() == f.resolve() for f in files):
-            raise ValueError(
-                f"--out {out} is one of the feature files being compared; "
-                "write the scores to another file"
-            )
+        check_output_file(out, SCORES, overwrite=overwrite, inputs=files,
+                          inputs_are="one of the feature files being compared")  # fmt: skip
     except (ValueError, TypeError, OSError) as exc:
         raise fail(str(exc)) from None
     try:
@@ -142,7 +140,10 @@ def compare_cmd(
             )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    write_scores(scores, out, overwrite=overwrite)
+    try:  # checked again: the file may have appeared while computing
+        write_scores(scores, out, overwrite=overwrite)
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
     Console().print(
         f"wrote {out}: {scores.sizes['metric']} metric(s) x {scores.sizes['layer_a']} x "
         f"{scores.sizes['layer_b']} layers over {scores.attrs['n_samples']} samples",

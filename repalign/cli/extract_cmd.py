@@ -167,16 +167,17 @@ def extract(
     """Extract pooled layer features of MODEL on DATA into a netCDF feature file."""
     from repalign._numerics import resolve_device
     from repalign.data.loading import load_dataset
-    from repalign.extract.run import ExtractConfig, check_output, shard_range
+    from repalign.extract.run import ExtractConfig, shard_range
     from repalign.extract.run import extract as run_extract
+    from repalign.store.outputs import FEATURES, check_output_file
 
     try:
         device = str(resolve_device(device))  # first: "auto" becomes cuda or cpu
         shard, out, device = _torchrun_shard(shard, out, device)
         if shard:  # checked before the model loads
             shard_range(0, shard)  # the spec, with the --shard prefix in its error
-        check_output(out, resume=resume, overwrite=overwrite)
-        _check_not_data(out, data)
+        check_output_file(out, FEATURES, overwrite=overwrite, resume=resume, inputs=[data],
+                          inputs_are="the --data file")  # fmt: skip
         dataset = load_dataset(data, images=images)
     except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
         raise fail(str(exc)) from None
@@ -202,20 +203,6 @@ def extract(
     if result.skipped:
         msg += f"; skipped {len(result.skipped)} unreadable sample(s) (see `repalign info {out}`)"
     Console().print(msg, highlight=False)
-
-
-_DATA_SUFFIXES = (".tsv", ".jsonl", ".json", ".csv", ".txt")
-
-
-def _check_not_data(out: Path, data: str) -> None:
-    """Refuse an --out that is (or looks like) the input data: --overwrite would replace it."""
-    if Path(data).exists() and out.resolve() == Path(data).resolve():
-        raise ValueError(f"--out {out} is the --data file; write the features to a .nc file")
-    if out.suffix.lower() in _DATA_SUFFIXES:
-        raise ValueError(
-            f"--out {out}: a feature file is netCDF, name it with .nc (e.g. features.nc); "
-            "did you swap --data and --out?"
-        )
 
 
 def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | None, Path, str]:

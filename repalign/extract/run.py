@@ -35,6 +35,7 @@ from repalign.models.base import Adapter, LayerInfo
 from repalign.provenance import library_versions
 from repalign.store import schema
 from repalign.store.features import FeatureFile
+from repalign.store.outputs import FEATURES, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +79,6 @@ class ExtractResult:
     seconds: float = 0.0
     complete: bool = False
     already_complete: bool = False  # --resume found a finished file and did nothing
-
-
-def check_output(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Refuse to touch an existing output unless told how (call before loading a model)."""
-    out = Path(out)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: pick one")
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as features.nc")
-    if out.exists() and not (resume or overwrite):
-        raise FileExistsError(
-            f"{out} already exists; pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --out"
-        )
-    if not out.parent.exists():
-        raise FileNotFoundError(
-            f"the folder of --out ({out.parent}) does not exist; create it first"
-        )
-    return out
 
 
 def _check_resume(
@@ -213,7 +195,7 @@ def extract(
         raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {cfg.batch_size}")
-    out = check_output(out, resume=cfg.resume, overwrite=cfg.overwrite)
+    out = check_output_file(out, FEATURES, overwrite=cfg.overwrite, resume=cfg.resume)
     available = adapter.layers()
     layers = select_layers(available, cfg.layers)
     if how == "tokens" and any(info.is_derived for info in layers):

@@ -30,6 +30,7 @@ from xarray.core import indexing
 
 from repalign._progress import progress_bar
 from repalign.store import schema
+from repalign.store.outputs import FEATURES, check_output_file
 from repalign.store.paths import PathsLike, atomic_path, expand_paths
 
 log = logging.getLogger(__name__)
@@ -231,23 +232,18 @@ def write_merged(
 ) -> Path:
     """Merge shard files into one feature file, ``chunk_size`` samples in memory at a time.
 
-    The file is written under ``.OUT.partial`` and renamed when complete, so an
-    interrupted merge never leaves a file that looks finished.
+    ``out`` is checked first (:func:`repalign.store.outputs.check_output_file`): a
+    netCDF name in an existing folder, not one of the shards, replaced only with
+    ``overwrite``. The file is written under ``.OUT.partial`` and renamed when
+    complete, so an interrupted merge never leaves a file that looks finished.
     """
     import netCDF4
 
-    out = Path(out)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a directory; give a file path such as merged.nc")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder of {out} does not exist; create it first")
     shard_paths = expand_paths(paths)
-    if out.resolve() in {p.resolve() for p in shard_paths}:
-        raise ValueError(f"--out {out} is one of the shards; write the merge to another path")
+    out = check_output_file(out, FEATURES, overwrite=overwrite, inputs=shard_paths,
+                            inputs_are="one of the shards")  # fmt: skip
     parts = _ordered_shards(shard_paths)
     first_shard = parts[0][0]
     merged = _merge_opened(parts)

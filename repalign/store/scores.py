@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from repalign.store.outputs import SCORES, check_output_file
 from repalign.store.paths import atomic_path, expand_paths
 from repalign.store.schema import LAYER_A, LAYER_B, METRIC_DIM, STAT_VARS
 
@@ -197,45 +198,35 @@ def _check_attrs(attrs: Mapping[str, Any]) -> None:
             )
 
 
-#: file name endings of a score file (netCDF)
-SCORE_SUFFIXES = (".nc", ".nc4", ".cdf")
-
-
-def check_scores_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Refuse a score-file path that cannot or must not be written; call it before computing.
-
-    An existing file is kept unless ``overwrite`` (scores can take long to compute);
-    a directory or a name without a netCDF ending (``.nc``) is refused.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a directory; give a file path such as scores.nc")
-    if path.suffix.lower() not in SCORE_SUFFIXES:
-        raise ValueError(
-            f"--out {path}: a score file is netCDF, name it with .nc (e.g. scores.nc); "
-            "figures come from `repalign plot`"
-        )
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; pass --overwrite (overwrite=True) to replace it, "
-            "or choose another --out"
-        )
-    return path
-
-
 def write_scores(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``ds`` to netCDF4 at ``path`` atomically (a temporary file, then a rename).
 
-    An existing file is replaced only with ``overwrite=True``; an interrupted
-    write never leaves a truncated score file behind.
+    ``path`` is checked first (:func:`repalign.store.outputs.check_output_file`): a
+    netCDF name (``.nc``) in an existing folder, never one of the feature files the
+    scores were computed from (``feature_files`` in the attrs), and an existing file
+    replaced only with ``overwrite=True``. An interrupted write never leaves a
+    truncated score file behind.
     """
-    path = check_scores_path(path, overwrite=overwrite)
+    path = check_output_file(path, SCORES, overwrite=overwrite, inputs=_feature_files(ds.attrs),
+                             inputs_are="one of the feature files the scores come from")  # fmt: skip
     _check_attrs(ds.attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
     log.info("wrote scores to %s", path)
     return path
+
+
+def _feature_files(attrs: Mapping[str, Any]) -> list[str]:
+    """The feature files a score Dataset was computed from: its ``feature_files`` and,
+    for a merge of runs, every run's (JSON lists in the attrs; anything else is ignored)."""
+    runs = attrs.get("runs_json")
+    runs = json.loads(runs) if isinstance(runs, str) and runs else []
+    files: list[str] = []
+    for a in [attrs, *(r for r in runs if isinstance(r, dict))]:
+        value = a.get("feature_files")
+        listed = json.loads(value) if isinstance(value, str) and value.startswith("[") else []
+        files += [f for f in listed if isinstance(f, str)]
+    return files
 
 
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -11,7 +11,6 @@ import xarray as xr
 from repalign.store.scores import (
     LayerAxis,
     MetricScores,
-    check_scores_path,
     merge_scores,
     metric_label,
     open_scores,
@@ -74,10 +73,10 @@ def test_netcdf_round_trip_is_identical(tmp_path):
         [_metric(), _metric("cka[unbiased=true]", 2, unbiased=True)],
         _attrs(config_json=json.dumps({"metrics": ["cka"]})),
     )
-    path = write_scores(ds, tmp_path / "sub" / "scores.nc")
+    path = write_scores(ds, tmp_path / "scores.nc")
     back = open_scores(path)
     xr.testing.assert_identical(back, ds)
-    assert not list(tmp_path.glob("sub/.*partial"))
+    assert not list(tmp_path.glob(".*partial"))
 
 
 def test_sel_by_metric_plots_in_a_notebook(tmp_path):
@@ -151,14 +150,15 @@ def test_existing_score_file_is_kept_unless_overwrite(tmp_path):
     assert path.read_bytes() != before
 
 
-def test_score_path_must_be_a_netcdf_file_name(tmp_path):
-    with pytest.raises(ValueError, match=r"\.nc"):
-        check_scores_path(tmp_path / "cka.png", overwrite=False)
+def test_score_path_must_be_a_netcdf_file_in_an_existing_folder(tmp_path):
+    ds = scores_dataset(A, B, [_metric()])
+    with pytest.raises(ValueError, match=r"\.nc.*figures come from `repalign plot`"):
+        write_scores(ds, tmp_path / "cka.png")
     with pytest.raises(IsADirectoryError, match="directory"):
-        check_scores_path(tmp_path, overwrite=True)
-    assert (
-        check_scores_path(tmp_path / "new" / "s.nc", overwrite=False) == tmp_path / "new" / "s.nc"
-    )
+        write_scores(ds, tmp_path, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="create it first"):
+        write_scores(ds, tmp_path / "new" / "s.nc")  # was created: a typo made a new folder
+    assert not (tmp_path / "new").exists()
 
 
 def test_open_a_file_that_is_not_netcdf(tmp_path):
