@@ -23,6 +23,46 @@ from repalign.provenance import sha256_of_path
 
 log = logging.getLogger(__name__)
 
+
+def _looks_like_a_path(source: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else was meant as a local path."""
+    return source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the Hugging Face cache already holds ``name``'s config (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """Fail at once, instead of after a minute of download retries, when a hub name can
+    only come from the network and the hub cannot be reached (a compute node, a laptop
+    on a plane, ``HF_HUB_OFFLINE=1``)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    reason = "HF_HUB_OFFLINE is set"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+            socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+            return
+        except OSError as exc:
+            reason = f"{constants.ENDPOINT} cannot be reached ({exc})"
+    raise OSError(
+        f"{name!r} is not a local path and not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}), and {reason}"
+    )
+
+
 # Where the block list lives in common encoder families (first match wins).
 _BLOCK_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 _EMBEDDING_PATHS = ("embeddings", "embed_tokens", "wte")
@@ -110,18 +150,26 @@ class HFTextAdapter(Adapter):
             raise ValueError("hf-text needs --text-model PATH_OR_NAME (or --ckpt PATH)")
         if vision_model:
             log.warning("hf-text ignores --vision-model %s", vision_model)
+        if not Path(source).exists() and _looks_like_a_path(source):
+            raise ValueError(
+                f"{source} does not exist; pass a transformers model directory (config.json, "
+                "weights and tokenizer files) or a hub name such as org/model"
+            )
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
             raise ValueError(
                 f"{source} is a directory without config.json; it is not a transformers model "
                 "directory (pass one with config.json, weights and tokenizer files)"
             )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModel.from_pretrained(source, **options)
+            offline = Path(source).exists() or _in_hub_cache(source)
+            if not offline:
+                _check_hub_reachable(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+            model = AutoModel.from_pretrained(source, local_files_only=offline, **options)
         except (OSError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
             raise ValueError(
                 f"cannot load a transformers model from {source!r}: {exc}. Pass a local "
-                "directory with config.json, weights and tokenizer files (there is no hub access)."
+                "directory with config.json, weights and tokenizer files."
             ) from None
         return cls(model, tokenizer, max_length=max_length, source=str(source))
 

@@ -80,7 +80,7 @@ def test_load_from_local_directory(tmp_path):
     assert len(prov["checkpoint_sha256"]) == 64 and '"num_hidden_layers": 2' in prov["config_json"]
     with pytest.raises(ValueError, match="needs --text-model"):
         HFTextAdapter.load()
-    with pytest.raises(ValueError, match="cannot load"):
+    with pytest.raises(ValueError, match="nowhere does not exist"):
         HFTextAdapter.load(text_model=str(tmp_path / "nowhere"))
 
 
@@ -151,3 +151,50 @@ def test_other_encoder_families(tmp_path, build):
         adapter.layers(), _reference(adapter.model, batch, "mean"), strict=True
     ):
         torch.testing.assert_close(feats[info.name], expected, rtol=1e-5, atol=1e-6)
+
+
+def _fake_hub_cache(root, repo_id, model_dir):
+    """``root`` laid out as the Hugging Face cache holding ``model_dir`` as ``repo_id``."""
+    import shutil
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(model_dir, repo / "snapshots" / ("0" * 40))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection fails, as on a compute node without internet."""
+    import socket
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_a_hub_name_in_the_local_cache_loads_without_network(tmp_path, monkeypatch, no_network):
+    from huggingface_hub import constants
+
+    _fake_hub_cache(tmp_path / "hub", "org/tiny", save_tiny_bert_dir(tmp_path, layers=2))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    adapter = HFTextAdapter.load(text_model="org/tiny")
+    assert [i.name for i in adapter.layers()][-1] == "text.layer.1"
+
+
+def test_an_unreachable_hub_fails_at_once_with_what_to_do(tmp_path, monkeypatch, no_network):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="not in the Hugging Face cache.*cannot be reached"):
+        HFTextAdapter.load(text_model="org/not-here")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set.*Pass a local directory"):
+        HFTextAdapter.load(text_model="org/not-here")
+
+
+@pytest.mark.parametrize("path", ["/no/such/model", "./model", "runs/a/model"])
+def test_a_missing_local_path_is_named_as_such(path):
+    with pytest.raises(ValueError, match=f"{path} does not exist"):
+        HFTextAdapter.load(text_model=path)
