@@ -88,12 +88,27 @@ def register_metric(
     resample: Callable[[Any, torch.Tensor, torch.Tensor], Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Decorator: register a metric function under its own name (or ``name``)."""
+    """Decorator: register a metric function under its own name (or ``name``).
+
+    ``prepare`` and ``combine`` come together or not at all: without them a layer's
+    state is the layer itself and each pair calls the function (nothing is shared
+    between the pairs of a grid, but every tool works)."""
+    if (prepare is None) != (combine is None):
+        raise ValueError(
+            "register_metric: give prepare and combine together, or neither (then each pair "
+            "calls the metric function)"
+        )
 
     def decorate(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         key = name or fn.__name__
         if key in _METRICS:
             raise ValueError(f"metric {key!r} registered twice")
+        own_prepare, own_combine = prepare, combine
+        if own_prepare is None:
+            own_prepare = _layer_as_state
+
+            def own_combine(a: torch.Tensor, b: torch.Tensor, **opts: Any) -> torch.Tensor:
+                return fn(a, b, dtype=a.dtype, **opts)
         options = tuple(
             p.name
             for p in inspect.signature(fn).parameters.values()
@@ -109,8 +124,8 @@ def register_metric(
             reference=reference,
             min_rows=min_rows,
             duplicates_ok=duplicates_ok,
-            prepare=prepare,
-            combine=combine,
+            prepare=own_prepare,
+            combine=own_combine,
             grid=grid,
             permute=permute,
             resample=resample,
@@ -119,6 +134,10 @@ def register_metric(
         return fn
 
     return decorate
+
+
+def _layer_as_state(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    return x
 
 
 def list_metrics() -> list[str]:
