@@ -107,8 +107,8 @@ def main() -> None:
     parser.add_argument("--knn-n", type=int, default=None, help="n for the mutual k-NN scale check")
     parser.add_argument(
         "--sections",
-        default="single,grid,knn,each,perm",
-        help="comma list of: single, grid, knn, each, perm",
+        default="single,grid,knn,each,perm,gridstats",
+        help="comma list of: single, grid, knn, each, perm, gridstats",
     )
     args = parser.parse_args()
     dev = torch.device(args.device)
@@ -138,6 +138,8 @@ def main() -> None:
         _each(args, dev, q, n_metric, table)
     if "perm" in sections:
         _permutations(dev, q, table)
+    if "gridstats" in sections:
+        _grid_statistics(dev, q, table)
     if args.knn_n and "mutual_knn" in list_metrics():
         x, y = layers(args.knn_n, [768, 768], dev, seed=4)
         ours = timeit(lambda: get_metric("mutual_knn").fn(x, y, k=10), dev, repeat=1)
@@ -277,6 +279,37 @@ def _permutations(dev, q, table) -> None:
             f"re-prepare each ({hook} off)",
             ref,
             "faster than re-preparing",
+        )
+
+
+def _grid_statistics(dev, q, table) -> None:
+    """Statistics of every pair of a layer grid (``compare --permutations --bootstrap``):
+    shared per-layer states and per-draw permuted/resampled states against one
+    permutation_test + bootstrap_ci call per pair (how compare computed them before)."""
+    from repalign.compare import MetricRequest, score_layers
+    from repalign.metrics import bootstrap_ci, permutation_test
+
+    n, n_layers, draws = (200, 3, 5) if q else (1000, 8, 20)
+    xs = {f"l{i}": x for i, x in enumerate(layers(n, [256] * n_layers, dev, seed=6))}
+    pairs = [(a, b) for i, a in enumerate(xs) for b in list(xs)[i:]]  # symmetric: each once
+    for name, opts in [("cka", {}), ("mutual_knn", {"k": 10}), ("svcca", {})]:
+        req = MetricRequest.parse((name, opts))
+
+        def grid(req=req):
+            score_layers(xs, None, [req], permutations=draws, bootstrap=draws, progress=False)
+
+        def each(name=name, opts=opts):
+            for a, b in pairs:
+                permutation_test(name, xs[a], xs[b], n_permutations=draws, **opts)
+                bootstrap_ci(name, xs[a], xs[b], n_boot=draws, **opts)
+
+        table.add(
+            f"{name} grid statistics, {n_layers}x{n_layers} layers, {draws} perms + "
+            f"{draws} resamples, n={n} d=256",
+            timeit(grid, dev, repeat=1),
+            "one call per pair",
+            timeit(each, dev, repeat=1),
+            "faster than per pair",
         )
 
 

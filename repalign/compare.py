@@ -296,26 +296,10 @@ def score_layers(
             score = grid.detach().to("cpu", torch.float64).numpy()
             stats: dict[str, np.ndarray] = {}
             if do_stats:
-                stats = {k: np.full(shape, np.nan) for k in _stat_keys(permutations, bootstrap)}
-                done: dict[tuple[str, str], dict[str, float]] = {}
-                sub = bar.add_task(f"  {req.label} statistics", total=len(stat_cells))
-                for i, j in stat_cells:
-                    a, b = names_x[i], names_y[j]
-                    key = (b, a) if same and spec.symmetric and (b, a) in done else (a, b)
-                    if key not in done:
-                        done[key] = _pair_stats(
-                            req,
-                            xs[a],
-                            (xs if same else ys)[b],
-                            permutations=permutations,
-                            bootstrap=bootstrap,
-                            level=level,
-                            seed=seed,
-                        )
-                    for k, v in done[key].items():
-                        stats[k][i, j] = v
-                    bar.advance(sub)
-                bar.remove_task(sub)
+                stats = _cell_stats(
+                    req, spec, xs, ys, stat_cells, bar,
+                    permutations=permutations, bootstrap=bootstrap, level=level, seed=seed,
+                )  # fmt: skip
             results.append((req, score, stats))
             bar.advance(task)
     return results
@@ -327,29 +311,53 @@ def _stat_keys(permutations: int, bootstrap: int) -> list[str]:
     )
 
 
-def _pair_stats(
+def _cell_stats(
     req: MetricRequest,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    spec: Any,
+    xs: Mapping[str, torch.Tensor],
+    ys: Mapping[str, torch.Tensor] | None,
+    cells: Sequence[tuple[int, int]],
+    bar: Progress,
     *,
     permutations: int,
     bootstrap: int,
     level: float,
     seed: int,
-) -> dict[str, float]:
-    """Permutation null and bootstrap interval of one layer pair."""
-    from repalign.metrics import bootstrap_ci, permutation_test
+) -> dict[str, np.ndarray]:
+    """Permutation null and bootstrap interval of the ``cells`` of the grid, NaN elsewhere.
 
-    out: dict[str, float] = {}
-    opts = dict(req.options)
-    # the same seed for every pair: all pairs face the same permutations and resamples
-    if permutations:
-        res = permutation_test(req.name, x, y, n_permutations=permutations, seed=seed, **opts)
-        out.update({k: float(res[k]) for k in ("pvalue", "null_mean", "null_std")})
-    if bootstrap:
-        res = bootstrap_ci(req.name, x, y, n_boot=bootstrap, level=level, seed=seed, **opts)
-        out.update({"ci_low": float(res["ci_low"]), "ci_high": float(res["ci_high"])})
-    return out
+    All cells share each layer's preparation and each draw's permuted or resampled layer
+    states; the same seed for every cell, so all face the same permutations and resamples.
+    A symmetric metric scores a cell and its mirror once.
+    """
+    from repalign.metrics import pair_statistics
+
+    same = ys is None
+    names_x, names_y = list(xs), list(xs if same else ys)
+    layers = {("x", a): t for a, t in xs.items()}
+    side_y = "x" if same else "y"
+    if not same:
+        layers.update({("y", b): t for b, t in ys.items()})
+    pairs: dict[tuple[int, int], tuple[tuple[str, str], tuple[str, str]]] = {}
+    for i, j in cells:
+        key = (i, j)
+        if same and spec.symmetric and (j, i) in pairs:
+            key = (j, i)
+        pairs.setdefault(key, (("x", names_x[key[0]]), (side_y, names_y[key[1]])))
+    task = bar.add_task(f"  {req.label} statistics", total=permutations + bootstrap)
+    out = pair_statistics(
+        req.name, layers, list(pairs.values()), permutations=permutations, bootstrap=bootstrap,
+        level=level, seed=seed, on_draw=lambda: bar.advance(task), **dict(req.options),
+    )  # fmt: skip
+    bar.remove_task(task)
+    shape = (len(names_x), len(names_y))
+    stats = {k: np.full(shape, np.nan) for k in _stat_keys(permutations, bootstrap)}
+    for i, j in cells:
+        key = (j, i) if same and spec.symmetric and (j, i) in pairs else (i, j)
+        result = out[pairs[key]]
+        for k in stats:
+            stats[k][i, j] = float(result[k])
+    return stats
 
 
 # ---------------------------------------------------------------- the pipeline

@@ -41,7 +41,7 @@ def test_data_benchmark_runs_with_workers(tmp_path):
 @pytest.mark.parametrize(
     "script,args,expect",
     [
-        ("metrics.py", ["--quick", "--sections", "perm", "--repeat", "1"], "bootstrap interval"),
+        ("metrics.py", ["--quick", "--sections", "perm,gridstats", "--repeat", "1"], "grid statistics"),
         ("extract.py", ["--quick"], "writer only"),
         ("scale.py", ["--sizes", "200", "--metrics", "cka,mutual_knn"], "| cka | 200"),
     ],

@@ -218,3 +218,31 @@ def test_unpooled_token_features_are_refused(tmp_path):
     ds.to_netcdf(tmp_path / "tok.nc")
     with pytest.raises(ValueError, match="unpooled tokens.*--pool mean or cls"):
         compare([tmp_path / "tok.nc"], ["cka"], progress=False)
+
+
+def test_grid_statistics_equal_each_pair_computed_alone():
+    from repalign.compare import MetricRequest, score_layers
+    from repalign.metrics import bootstrap_ci, permutation_test
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(50, 3, generator=g, dtype=torch.float64)
+
+    def layer(width):
+        w = torch.randn(3, width, generator=g, dtype=torch.float64)
+        return base @ w + 0.7 * torch.randn(50, width, generator=g, dtype=torch.float64)
+
+    xs = {"a": layer(4), "b": layer(5)}
+    ys = {"a": layer(6), "c": layer(3)}  # "a" names another layer on this side
+    for same in (True, False):
+        req = MetricRequest.parse("pwcca")  # not symmetric: (i, j) and (j, i) differ
+        ((_, _, stats),) = score_layers(
+            xs, None if same else ys, [req], permutations=6, bootstrap=7, seed=2, progress=False
+        )
+        other = xs if same else ys
+        for i, a in enumerate(xs):
+            for j, b in enumerate(other):
+                perm = permutation_test("pwcca", xs[a], other[b], n_permutations=6, seed=2)
+                boot = bootstrap_ci("pwcca", xs[a], other[b], n_boot=7, seed=2)
+                assert stats["pvalue"][i, j] == pytest.approx(float(perm["pvalue"]))
+                assert stats["null_mean"][i, j] == pytest.approx(float(perm["null_mean"]))
+                assert stats["ci_low"][i, j] == pytest.approx(float(boot["ci_low"]))

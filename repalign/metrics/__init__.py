@@ -10,7 +10,7 @@ from repalign.metrics.cca import cca, pwcca, svcca
 from repalign.metrics.cka import cka
 from repalign.metrics.grid import pairwise
 from repalign.metrics.knn import cknna, mutual_knn
-from repalign.metrics.stats import bootstrap_ci, permutation_test
+from repalign.metrics.stats import bootstrap_ci, pair_statistics, permutation_test
 from repalign.metrics.streaming import StreamingCCA, StreamingCKA
 from repalign.metrics.wasserstein import wasserstein_distance
 
@@ -25,6 +25,7 @@ __all__ = [
     "get_metric",
     "list_metrics",
     "mutual_knn",
+    "pair_statistics",
     "pairwise",
     "permutation_test",
     "pwcca",

@@ -7,16 +7,25 @@ kernel or neighbour search per permutation). A bootstrap resample is scored from
 prepared layers where the metric registers ``resample`` (biased linear CKA: its Gram;
 mutual k-NN and CKNNA: a deeper neighbour list, filtered to the subsample), otherwise by
 preparing the resampled rows.
+
+:func:`pair_statistics` does both for many layer pairs at once: each layer is prepared
+once, and each permutation or resample of a layer's state is made once and scored
+against every layer it is paired with (a grid of L layers costs L, not L², state
+derivations per draw). :func:`permutation_test` and :func:`bootstrap_ci` are its
+one-pair case.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from repalign._numerics import check_pair
+from repalign._numerics import check_matrix, check_pair, check_rows, require_variance
 from repalign.metrics._registry import MetricSpec, get_metric
+
+Pair = tuple[Hashable, Hashable]
 
 
 def _spec(metric: str | MetricSpec) -> MetricSpec:
@@ -50,46 +59,14 @@ def permutation_test(
     and the 1-d tensor ``null``.
     """
     spec = _spec(metric)
-    spec.check_options(options)
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
     x, y = check_pair(x, y, dtype=dtype, min_rows=max(spec.min_rows, 3))
-    state_x, state_y = spec.prepare(x, **options), spec.prepare(y, **options)
-    observed = spec.combine(state_x, state_y, **options)
-    gen = _generator(seed)
-    null = torch.empty(n_permutations, dtype=dtype, device=x.device)
-    for b in range(n_permutations):
-        perm = torch.randperm(y.shape[0], generator=gen).to(y.device)
-        state = spec.permute(state_y, perm) if spec.permute else spec.prepare(y[perm], **options)
-        null[b] = spec.combine(state_x, state, **options)
-    extreme = (null >= observed) if spec.higher_is_more_similar else (null <= observed)
-    pvalue = (1.0 + extreme.sum()) / (1.0 + n_permutations)
-    return {
-        "observed": observed,
-        "null_mean": null.mean(),
-        "null_std": null.std() if n_permutations > 1 else torch.zeros_like(observed),
-        "pvalue": pvalue.to(dtype),
-        "null": null,
-    }
-
-
-def _resampled_score(
-    spec: MetricSpec,
-    states: tuple[Any, Any] | None,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    idx: torch.Tensor,
-    dtype: torch.dtype,
-    options: dict[str, Any],
-) -> torch.Tensor:
-    """The metric on rows ``idx`` of both layers: from the prepared states where the metric
-    can resample them, else by preparing the rows anew."""
-    if states is not None:
-        sx = spec.resample(states[0], x, idx)
-        sy = spec.resample(states[1], y, idx) if sx is not None else None
-        if sy is not None:
-            return spec.combine(sx, sy, **options)
-    return spec.fn(x[idx], y[idx], dtype=dtype, **options)
+    out = pair_statistics(
+        spec, {"x": x, "y": y}, [("x", "y")], permutations=n_permutations, seed=seed,
+        dtype=dtype, **options,
+    )  # fmt: skip
+    return out[("x", "y")]
 
 
 def bootstrap_ci(
@@ -120,55 +97,218 @@ def bootstrap_ci(
       scores with n (chance overlap is about k/n), which would otherwise shift
       the whole interval.
 
+    A resample on which the metric is undefined (e.g. every drawn row equal) is
+    replaced by another draw.
+
     Returns 0-d tensors ``observed``, ``ci_low``, ``ci_high`` and ``subsample``
     (1 when the subsampling interval was used, else 0), and the 1-d ``boot``
     (the resampled scores).
     """
     spec = _spec(metric)
-    spec.check_options(options)
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+    x, y = check_pair(x, y, dtype=dtype, min_rows=max(spec.min_rows, 3))
+    out = pair_statistics(
+        spec, {"x": x, "y": y}, [("x", "y")], bootstrap=n_boot, level=level, seed=seed,
+        dtype=dtype, **options,
+    )  # fmt: skip
+    return out[("x", "y")]
+
+
+def pair_statistics(
+    metric: str | MetricSpec,
+    layers: Mapping[Hashable, Any],
+    pairs: Sequence[Pair],
+    *,
+    permutations: int = 0,
+    bootstrap: int = 0,
+    level: float = 0.95,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    on_draw: Callable[[], None] | None = None,
+    **options: Any,
+) -> dict[Pair, dict[str, torch.Tensor]]:
+    """Permutation null and/or bootstrap interval of every ``(a, b)`` in ``pairs``, ``a``
+    and ``b`` keys of ``layers`` ((n, d) arrays of the same n stimuli).
+
+    Per pair the result is what :func:`permutation_test` (``permutations`` > 0: keys
+    ``observed``, ``null``, ``null_mean``, ``null_std``, ``pvalue``) and
+    :func:`bootstrap_ci` (``bootstrap`` > 0: ``ci_low``, ``ci_high``, ``boot``,
+    ``subsample``) return for it, with the same seed: every pair faces the same
+    permutations and resamples. ``on_draw`` is called after each permutation and
+    each resample (a progress bar).
+    """
+    spec = _spec(metric)
+    spec.check_options(options)
+    if permutations < 0 or bootstrap < 0:
+        raise ValueError(
+            f"permutations and bootstrap must be >= 0, got {permutations} and {bootstrap}"
+        )
+    if not permutations and not bootstrap:
+        raise ValueError("nothing to compute: give permutations > 0 and/or bootstrap > 0")
+    if bootstrap == 1:
+        raise ValueError("bootstrap needs at least 2 resamples, got 1")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    x, y = check_pair(x, y, dtype=dtype, min_rows=max(spec.min_rows, 3))
-    # with a resample hook, each resample is cut from the prepared layers (CKA: its Gram)
-    states = (spec.prepare(x, **options), spec.prepare(y, **options)) if spec.resample else None
-    if states is not None:
-        observed = spec.combine(*states, **options)
-    else:
-        observed = spec.fn(x, y, dtype=dtype, **options)
+    pairs = list(dict.fromkeys(pairs))
+    rows = _checked_layers(spec, layers, pairs, dtype)
+    states = {name: spec.prepare(x, **options) for name, x in rows.items()}
+    results: dict[Pair, dict[str, torch.Tensor]] = {
+        (a, b): {"observed": spec.combine(states[a], states[b], **options)} for a, b in pairs
+    }
+    tick = on_draw or (lambda: None)
+    if permutations:
+        _permutation_nulls(spec, rows, states, results, permutations, seed, options, tick)
+    if bootstrap:
+        _bootstrap_intervals(spec, rows, states, results, bootstrap, level, seed, options, tick)
+    return results
+
+
+def _checked_layers(
+    spec: MetricSpec, layers: Mapping[Hashable, Any], pairs: Sequence[Pair], dtype: torch.dtype
+) -> dict[Hashable, torch.Tensor]:
+    """The layers the pairs use, validated and in the compute dtype."""
+    if not pairs:
+        raise ValueError("no layer pairs given")
+    used = list(dict.fromkeys(name for pair in pairs for name in pair))
+    missing = [name for name in used if name not in layers]
+    if missing:
+        raise KeyError(f"pairs name layers that are not given: {missing}; have {list(layers)}")
+    rows = {name: check_matrix(layers[name], str(name), dtype=dtype) for name in used}
+    sizes = {name: x.shape[0] for name, x in rows.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"layers have different numbers of rows {sizes}; rows must be the same stimuli"
+        )
+    devices = {x.device for x in rows.values()}
+    if len(devices) > 1:
+        raise ValueError(
+            f"layers are on several devices {sorted(map(str, devices))}; move them to one"
+        )
+    check_rows(next(iter(sizes.values())), max(spec.min_rows, 3))
+    for name, x in rows.items():
+        require_variance(x, str(name))
+    return rows
+
+
+def _permutation_nulls(
+    spec: MetricSpec,
+    rows: Mapping[Hashable, torch.Tensor],
+    states: Mapping[Hashable, Any],
+    results: dict[Pair, dict[str, torch.Tensor]],
+    n_permutations: int,
+    seed: int,
+    options: dict[str, Any],
+    tick: Callable[[], None],
+) -> None:
+    """Shuffle the second layer of each pair: each layer's state is permuted once per draw."""
+    first = next(iter(rows.values()))
+    n, device, dtype = first.shape[0], first.device, first.dtype
+    nulls = {pair: torch.empty(n_permutations, dtype=dtype, device=device) for pair in results}
+    shuffled = list(dict.fromkeys(b for _, b in results))
     gen = _generator(seed)
-    n = x.shape[0]
+    for p in range(n_permutations):
+        perm = torch.randperm(n, generator=gen).to(device)
+        permuted = {
+            b: spec.permute(states[b], perm)
+            if spec.permute
+            else spec.prepare(rows[b][perm], **options)
+            for b in shuffled
+        }
+        for (a, b), null in nulls.items():
+            null[p] = spec.combine(states[a], permuted[b], **options)
+        tick()
+    for pair, null in nulls.items():
+        observed = results[pair]["observed"]
+        extreme = (null >= observed) if spec.higher_is_more_similar else (null <= observed)
+        results[pair].update(
+            null=null,
+            null_mean=null.mean(),
+            null_std=null.std() if n_permutations > 1 else torch.zeros_like(observed),
+            pvalue=((1.0 + extreme.sum()) / (1.0 + n_permutations)).to(dtype),
+        )
+
+
+def _bootstrap_intervals(
+    spec: MetricSpec,
+    rows: Mapping[Hashable, torch.Tensor],
+    states: Mapping[Hashable, Any],
+    results: dict[Pair, dict[str, torch.Tensor]],
+    n_boot: int,
+    level: float,
+    seed: int,
+    options: dict[str, Any],
+    tick: Callable[[], None],
+) -> None:
+    """Resample the rows of both layers of each pair with the same indices; each layer's
+    state is resampled once per draw. A pair whose score is undefined on a draw skips it
+    and takes the next one (each pair sees the same sequence of draws)."""
+    first = next(iter(rows.values()))
+    n, device, dtype = first.shape[0], first.device, first.dtype
     subsample = not spec.duplicates_ok
     m = n // 2 if subsample else n
     if subsample and m < spec.min_rows + 1:
         raise ValueError(f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}")
-    boot = torch.empty(n_boot, dtype=dtype, device=x.device)
-    done = 0
+    boots = {pair: torch.empty(n_boot, dtype=dtype, device=device) for pair in results}
+    done = dict.fromkeys(results, 0)
+    gen = _generator(seed)
     for _ in range(50 * n_boot):
-        if done == n_boot:
+        pending = [pair for pair in results if done[pair] < n_boot]
+        if not pending:
             break
         if subsample:
-            idx = torch.randperm(n, generator=gen)[:m].to(x.device)
+            idx = torch.randperm(n, generator=gen)[:m].to(device)
         else:
-            idx = torch.randint(n, (n,), generator=gen).to(x.device)
-        try:
-            boot[done] = _resampled_score(spec, states, x, y, idx, dtype, options)
-        except ValueError:
-            continue  # a degenerate resample (e.g. every row equal): draw another
-        done += 1
-    if done < n_boot:
-        raise ValueError(f"only {done} of {n_boot} resamples were valid; use more samples")
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=dtype, device=x.device)
-    if subsample:
-        q_low, q_high = torch.quantile(boot - boot.mean(), q) * (m / n) ** 0.5
-        low, high = observed + q_low, observed + q_high
-    else:
-        low, high = torch.quantile(boot, q)
-    return {
-        "observed": observed,
-        "ci_low": low,
-        "ci_high": high,
-        "boot": boot,
-        "subsample": torch.tensor(int(subsample), device=x.device),
-    }
+            idx = torch.randint(n, (n,), generator=gen).to(device)
+        resampled: dict[Hashable, Any] = {}
+        for pair in pending:
+            a, b = pair
+            for name in pair:
+                if name not in resampled:
+                    resampled[name] = _resampled_state(spec, states[name], rows[name], idx, options)
+            if resampled[a] is None or resampled[b] is None:
+                continue  # a degenerate resample of a layer (e.g. every row equal)
+            try:
+                boots[pair][done[pair]] = spec.combine(resampled[a], resampled[b], **options)
+            except ValueError:
+                continue
+            done[pair] += 1
+        tick()
+    short = {pair: count for pair, count in done.items() if count < n_boot}
+    if short:
+        pair, count = next(iter(short.items()))
+        raise ValueError(
+            f"only {count} of {n_boot} resamples were valid for {pair}; use more samples"
+        )
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=dtype, device=device)
+    for pair, boot in boots.items():
+        observed = results[pair]["observed"]
+        if subsample:
+            q_low, q_high = torch.quantile(boot - boot.mean(), q) * (m / n) ** 0.5
+            low, high = observed + q_low, observed + q_high
+        else:
+            low, high = torch.quantile(boot, q)
+        results[pair].update(
+            ci_low=low,
+            ci_high=high,
+            boot=boot,
+            subsample=torch.tensor(int(subsample), device=device),
+        )
+
+
+def _resampled_state(
+    spec: MetricSpec, state: Any, x: torch.Tensor, idx: torch.Tensor, options: dict[str, Any]
+) -> Any:
+    """The state of rows ``idx`` of layer ``x``: cut from its prepared ``state`` where the
+    metric can (CKA's Gram, k-NN's deep neighbour list), else prepared from the rows;
+    ``None`` when the metric is undefined on them."""
+    try:
+        if spec.resample is not None:
+            cut = spec.resample(state, x, idx)
+            if cut is not None:
+                return cut
+        rows = x[idx]
+        require_variance(rows, "resample")
+        return spec.prepare(rows, **options)
+    except ValueError:
+        return None

@@ -191,3 +191,78 @@ def test_knn_bootstrap_interval_is_unchanged_by_the_resample_hook():
     fast = bootstrap_ci(spec, x, y, n_boot=25, seed=3, k=5)
     slow = bootstrap_ci(replace(spec, resample=None), x, y, n_boot=25, seed=3, k=5)
     torch.testing.assert_close(fast["boot"], slow["boot"], rtol=1e-12, atol=1e-12)
+
+
+def _grid_layers(n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    widths = (4, 6, 5)
+    return {
+        f"l{i}": base @ torch.randn(3, w, generator=g, dtype=torch.float64)
+        + 0.5 * torch.randn(n, w, generator=g, dtype=torch.float64)
+        for i, w in enumerate(widths)
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("cka", {}), ("cka", {"kernel": "rbf"}), ("mutual_knn", {"k": 5}), ("svcca", {}),
+     ("pwcca", {})],
+)  # fmt: skip
+def test_pair_statistics_equal_one_pair_at_a_time(name, options):
+    from repalign.metrics.stats import pair_statistics
+
+    layers = _grid_layers()
+    pairs = [("l0", "l1"), ("l1", "l0"), ("l2", "l1"), ("l0", "l0")]
+    draws = []
+    out = pair_statistics(
+        name, layers, pairs, permutations=12, bootstrap=15, seed=4,
+        on_draw=lambda: draws.append(1), **options,
+    )  # fmt: skip
+    assert len(draws) == 12 + 15
+    for a, b in pairs:
+        perm = permutation_test(name, layers[a], layers[b], n_permutations=12, seed=4, **options)
+        boot = bootstrap_ci(name, layers[a], layers[b], n_boot=15, seed=4, **options)
+        got = out[(a, b)]
+        torch.testing.assert_close(got["null"], perm["null"], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["boot"], boot["boot"], rtol=1e-10, atol=1e-12)
+        for key in ("observed", "pvalue", "ci_low", "ci_high"):
+            torch.testing.assert_close(got[key], {**perm, **boot}[key], rtol=1e-10, atol=1e-12)
+
+
+def test_pair_statistics_a_degenerate_draw_is_skipped_by_the_pairs_it_breaks_only():
+    from repalign.metrics.stats import pair_statistics
+
+    # l_sparse is constant except in two rows: many resamples miss both and are undefined for
+    # pairs with it, while the other pair must still use every draw, as it would alone
+    n = 12
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.zeros(n, 2, dtype=torch.float64)
+    sparse[0, 0], sparse[1, 1] = 1.0, 2.0
+    layers = {
+        "a": torch.randn(n, 3, generator=g, dtype=torch.float64),
+        "b": torch.randn(n, 3, generator=g, dtype=torch.float64),
+        "sparse": sparse,
+    }
+    draws = []
+    out = pair_statistics(
+        "cka", layers, [("a", "b"), ("a", "sparse")], bootstrap=30, seed=1,
+        on_draw=lambda: draws.append(1),
+    )  # fmt: skip
+    assert len(draws) > 30  # some draws were undefined for ("a", "sparse") and drawn again
+    for pair in [("a", "b"), ("a", "sparse")]:
+        alone = bootstrap_ci("cka", layers[pair[0]], layers[pair[1]], n_boot=30, seed=1)
+        torch.testing.assert_close(out[pair]["boot"], alone["boot"], rtol=1e-10, atol=1e-12)
+
+
+def test_pair_statistics_bad_requests():
+    from repalign.metrics.stats import pair_statistics
+
+    layers = _grid_layers()
+    with pytest.raises(ValueError, match="nothing to compute"):
+        pair_statistics("cka", layers, [("l0", "l1")])
+    with pytest.raises(KeyError, match="not given"):
+        pair_statistics("cka", layers, [("l0", "l9")], permutations=2)
+    short = {**layers, "l9": layers["l0"][:30]}
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        pair_statistics("cka", short, [("l0", "l9")], permutations=2)
