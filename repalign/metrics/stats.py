@@ -136,7 +136,8 @@ def pair_statistics(
     :func:`bootstrap_ci` (``bootstrap`` > 0: ``ci_low``, ``ci_high``, ``boot``,
     ``subsample``) return for it, with the same seed: every pair faces the same
     permutations and resamples. ``on_draw`` is called after each permutation and
-    each resample (a progress bar).
+    each resample (a progress bar). Memory: each layer's prepared state, plus at most
+    one permuted or resampled state per layer at a time.
     """
     spec = _spec(metric)
     spec.check_options(options)
@@ -205,18 +206,20 @@ def _permutation_nulls(
     first = next(iter(rows.values()))
     n, device, dtype = first.shape[0], first.device, first.dtype
     nulls = {pair: torch.empty(n_permutations, dtype=dtype, device=device) for pair in results}
-    shuffled = list(dict.fromkeys(b for _, b in results))
+    by_shuffled: dict[Hashable, list[Pair]] = {}
+    for pair in results:
+        by_shuffled.setdefault(pair[1], []).append(pair)
     gen = _generator(seed)
     for p in range(n_permutations):
         perm = torch.randperm(n, generator=gen).to(device)
-        permuted = {
-            b: spec.permute(states[b], perm)
-            if spec.permute
-            else spec.prepare(rows[b][perm], **options)
-            for b in shuffled
-        }
-        for (a, b), null in nulls.items():
-            null[p] = spec.combine(states[a], permuted[b], **options)
+        for b, pairs in by_shuffled.items():  # one permuted state alive at a time
+            permuted = (
+                spec.permute(states[b], perm)
+                if spec.permute
+                else spec.prepare(rows[b][perm], **options)
+            )
+            for a, _ in pairs:
+                nulls[(a, b)][p] = spec.combine(states[a], permuted, **options)
         tick()
     for pair, null in nulls.items():
         observed = results[pair]["observed"]
@@ -260,19 +263,23 @@ def _bootstrap_intervals(
             idx = torch.randperm(n, generator=gen)[:m].to(device)
         else:
             idx = torch.randint(n, (n,), generator=gen).to(device)
+        # a resampled state is dropped after its last pair of this draw (memory: a Gram each)
+        last_use = {name: k for k, pair in enumerate(pending) for name in pair}
         resampled: dict[Hashable, Any] = {}
-        for pair in pending:
+        for k, pair in enumerate(pending):
             a, b = pair
             for name in pair:
                 if name not in resampled:
                     resampled[name] = _resampled_state(spec, states[name], rows[name], idx, options)
-            if resampled[a] is None or resampled[b] is None:
-                continue  # a degenerate resample of a layer (e.g. every row equal)
-            try:
-                boots[pair][done[pair]] = spec.combine(resampled[a], resampled[b], **options)
-            except ValueError:
-                continue
-            done[pair] += 1
+            if resampled[a] is not None and resampled[b] is not None:
+                try:
+                    boots[pair][done[pair]] = spec.combine(resampled[a], resampled[b], **options)
+                    done[pair] += 1
+                except ValueError:
+                    pass  # undefined on this draw (e.g. every drawn row equal): the next one
+            for name in dict.fromkeys(pair):
+                if last_use[name] == k:
+                    del resampled[name]
         tick()
     short = {pair: count for pair, count in done.items() if count < n_boot}
     if short:
