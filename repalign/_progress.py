@@ -1,9 +1,14 @@
-"""One rich progress bar for long loops (extraction, training, caching)."""
+"""Rich progress bars: one bar for long loops (extraction, training, caching), and a
+transient display of several tasks (metric grids and their statistics)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 @contextmanager
@@ -38,3 +43,24 @@ def progress_bar(
             bar.update(task, completed=completed, **fields)
 
         yield update
+
+
+def task_progress(*, enabled: bool = True) -> Progress:
+    """A transient multi-task display (``add_task``/``advance``) that is gone when done:
+    metric grids, whose results are printed or written afterwards."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not enabled,
+    )

@@ -30,10 +30,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import xarray as xr
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 import repalign
 from repalign._numerics import resolve_device
+from repalign._progress import task_progress
 from repalign.provenance import library_versions, sha256_file, sha256_ids
 from repalign.store.schema import SAMPLE_ID, SHARD
 from repalign.store.scores import LayerAxis, MetricScores, metric_label, scores_dataset
@@ -242,17 +243,6 @@ def matched_pairs(
     return pairs
 
 
-def _progress(disable: bool = False) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=disable,
-    )
-
-
 def score_layers(
     xs: Mapping[str, torch.Tensor],
     ys: Mapping[str, torch.Tensor] | None,
@@ -287,7 +277,7 @@ def score_layers(
         stat_cells = [(i, j) for i in range(shape[0]) for j in range(shape[1])]
     do_stats = permutations > 0 or bootstrap > 0
     results = []
-    with _progress(disable=not progress) as bar:
+    with task_progress(enabled=progress) as bar:
         task = bar.add_task("metrics", total=len(metrics))
         for req, spec in zip(metrics, specs, strict=True):
             bar.update(task, description=f"{req.label}: {shape[0]}x{shape[1]} layer pairs")

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from repalign._numerics import (
     ArrayLike,
@@ -17,6 +16,7 @@ from repalign._numerics import (
     check_same_rows,
     require_variance,
 )
+from repalign._progress import task_progress
 from repalign.metrics._registry import MetricSpec, get_metric
 
 Layers = Sequence[ArrayLike] | Mapping[str, ArrayLike]
@@ -108,7 +108,7 @@ def pairwise(
         for j in range(len(states_y))
         if not (same and spec.symmetric and j < i)
     ]
-    with Progress(disable=not progress, transient=True) as bar:
+    with task_progress(enabled=progress) as bar:
         task = bar.add_task(f"{metric} over {len(pairs)} layer pairs", total=len(pairs))
         for i, j in pairs:
             out[i, j] = spec.combine(states_x[i], states_y[j], **options)
