@@ -6,8 +6,10 @@
 Writes one feature file of random float32 layers, then times
 :func:`repalign.streaming_compare.streaming_compare` of the file's layers against each
 other (every layer pair) for each metric set, alternating the sets so drifts hit them
-alike. Only unbiased CKA needs the row-norm moments (``Σ x_i‖x_i‖²`` per layer,
-``Σ x_i‖y_i‖²`` per pair ...), so the biased sets show what skipping them saves.
+alike, and then the moment accumulation alone on the same sizes in memory. Wall and
+process CPU time are both printed (CPU time is what a busy shared machine perturbs
+least). Only unbiased CKA needs the row-norm moments (``Σ x_i‖x_i‖²`` per layer,
+``Σ x_i‖y_i‖²`` per pair ...), so the biased rows show what skipping them saves.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(args.threads)
-    times: dict[str, list[float]] = {name: [] for name in METRIC_SETS}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in METRIC_SETS}
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "features.nc"
         write_file(path, args.layers, args.width, args.rows)
@@ -97,7 +99,7 @@ def main() -> None:
         for chunk in chunks:
             grid.update(chunk)
 
-    acc = {"biased only": [], "row norms too": []}
+    acc: dict[str, list[tuple[float, float]]] = {"biased only": [], "row norms too": []}
     accumulate(False)
     for _ in range(args.repeat):
         acc["biased only"].append(seconds(lambda: accumulate(False)))
@@ -105,19 +107,23 @@ def main() -> None:
     report("GridMoments.update alone (rows in memory), same sizes", acc)
 
 
-def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def seconds(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``fn()``; with one thread the CPU time is what a
+    busy shared machine perturbs least."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def report(title: str, times: dict[str, list[float]]) -> None:
-    """Median (min-max) of each row and its ratio to the first row."""
+def report(title: str, times: dict[str, list[tuple[float, float]]]) -> None:
+    """Median (min-max) wall and CPU time of each row, and its CPU-time ratio to the first row."""
     print(f"{title}; median of {len(next(iter(times.values())))} runs (min-max)")
-    base = statistics.median(next(iter(times.values())))
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:<14} {med:7.3f} s  ({min(ts):.3f}-{max(ts):.3f})  x{med / base:.3f}")
+    base = statistics.median(c for _, c in next(iter(times.values())))
+    for name, runs in times.items():
+        walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+        wall, cpu = statistics.median(walls), statistics.median(cpus)
+        print(f"  {name:<14} wall {wall:6.3f} s ({min(walls):.3f}-{max(walls):.3f})  "
+              f"CPU {cpu:6.3f} s ({min(cpus):.3f}-{max(cpus):.3f})  CPU x{cpu / base:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
