@@ -17,7 +17,7 @@ one-pair case.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -151,17 +151,13 @@ def pair_statistics(
         raise ValueError("bootstrap needs at least 2 resamples, got 1")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    pairs = list(dict.fromkeys(pairs))
-    rows = _checked_layers(spec, layers, pairs, dtype)
-    states = {name: spec.prepare(x, **options) for name, x in rows.items()}
-    results: dict[Pair, dict[str, torch.Tensor]] = {
-        (a, b): {"observed": spec.combine(states[a], states[b], **options)} for a, b in pairs
-    }
+    grid = _PreparedGrid(spec, _checked_layers(spec, layers, pairs, dtype), options)
+    results = grid.observed(list(dict.fromkeys(pairs)))
     tick = on_draw or (lambda: None)
     if permutations:
-        _permutation_nulls(spec, rows, states, results, permutations, seed, options, tick)
+        grid.permutation_nulls(results, permutations, seed, tick)
     if bootstrap:
-        _bootstrap_intervals(spec, rows, states, results, bootstrap, level, seed, options, tick)
+        grid.bootstrap_intervals(results, bootstrap, level, seed, tick)
     return results
 
 
@@ -192,130 +188,149 @@ def _checked_layers(
     return rows
 
 
-def _permutation_nulls(
-    spec: MetricSpec,
-    rows: Mapping[Hashable, torch.Tensor],
-    states: Mapping[Hashable, Any],
-    results: dict[Pair, dict[str, torch.Tensor]],
-    n_permutations: int,
-    seed: int,
-    options: dict[str, Any],
-    tick: Callable[[], None],
-) -> None:
-    """Shuffle the second layer of each pair: each layer's state is permuted once per draw."""
-    first = next(iter(rows.values()))
-    n, device, dtype = first.shape[0], first.device, first.dtype
-    nulls = {pair: torch.empty(n_permutations, dtype=dtype, device=device) for pair in results}
-    by_shuffled: dict[Hashable, list[Pair]] = {}
-    for pair in results:
-        by_shuffled.setdefault(pair[1], []).append(pair)
-    gen = _generator(seed)
-    for p in range(n_permutations):
-        perm = torch.randperm(n, generator=gen).to(device)
-        for b, pairs in by_shuffled.items():  # one permuted state alive at a time
-            permuted = (
-                spec.permute(states[b], perm)
-                if spec.permute
-                else spec.prepare(rows[b][perm], **options)
+class _PreparedGrid:
+    """Validated layers, each prepared once, and the draws that statistics score on them."""
+
+    def __init__(
+        self, spec: MetricSpec, rows: dict[Hashable, torch.Tensor], options: dict[str, Any]
+    ) -> None:
+        self.spec, self.rows, self.options = spec, rows, options
+        self.states = {name: spec.prepare(x, **options) for name, x in rows.items()}
+        first = next(iter(rows.values()))
+        self.n, self.device, self.dtype = first.shape[0], first.device, first.dtype
+
+    def observed(self, pairs: Sequence[Pair]) -> dict[Pair, dict[str, torch.Tensor]]:
+        combine, states = self.spec.combine, self.states
+        return {
+            (a, b): {"observed": combine(states[a], states[b], **self.options)} for a, b in pairs
+        }
+
+    def permutation_nulls(
+        self,
+        results: dict[Pair, dict[str, torch.Tensor]],
+        n_permutations: int,
+        seed: int,
+        tick: Callable[[], None],
+    ) -> None:
+        """Shuffle the second layer of each pair; each layer's state is permuted once per
+        draw and lives only while its pairs are scored."""
+        spec, states, options = self.spec, self.states, self.options
+        nulls = {pair: self._empty(n_permutations) for pair in results}
+        by_shuffled: dict[Hashable, list[Pair]] = {}
+        for pair in results:
+            by_shuffled.setdefault(pair[1], []).append(pair)
+        gen = _generator(seed)
+        for p in range(n_permutations):
+            perm = torch.randperm(self.n, generator=gen).to(self.device)
+            for b, pairs in by_shuffled.items():
+                permuted = (
+                    spec.permute(states[b], perm)
+                    if spec.permute
+                    else spec.prepare(self.rows[b][perm], **options)
+                )
+                for a, _ in pairs:
+                    nulls[(a, b)][p] = spec.combine(states[a], permuted, **options)
+            tick()
+        for pair, null in nulls.items():
+            observed = results[pair]["observed"]
+            extreme = (null >= observed) if spec.higher_is_more_similar else (null <= observed)
+            results[pair].update(
+                null=null,
+                null_mean=null.mean(),
+                null_std=null.std() if n_permutations > 1 else torch.zeros_like(observed),
+                pvalue=((1.0 + extreme.sum()) / (1.0 + n_permutations)).to(self.dtype),
             )
-            for a, _ in pairs:
-                nulls[(a, b)][p] = spec.combine(states[a], permuted, **options)
-        tick()
-    for pair, null in nulls.items():
-        observed = results[pair]["observed"]
-        extreme = (null >= observed) if spec.higher_is_more_similar else (null <= observed)
-        results[pair].update(
-            null=null,
-            null_mean=null.mean(),
-            null_std=null.std() if n_permutations > 1 else torch.zeros_like(observed),
-            pvalue=((1.0 + extreme.sum()) / (1.0 + n_permutations)).to(dtype),
-        )
 
+    def bootstrap_intervals(
+        self,
+        results: dict[Pair, dict[str, torch.Tensor]],
+        n_boot: int,
+        level: float,
+        seed: int,
+        tick: Callable[[], None],
+    ) -> None:
+        """Resample the rows of both layers of each pair with the same indices; each layer's
+        state is resampled once per draw. A pair whose score is undefined on a draw skips
+        it and takes the next one (each pair sees the same sequence of draws)."""
+        spec, n = self.spec, self.n
+        subsample = not spec.duplicates_ok
+        m = n // 2 if subsample else n
+        if subsample and m < spec.min_rows + 1:
+            raise ValueError(
+                f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}"
+            )
+        boots = {pair: self._empty(n_boot) for pair in results}
+        done = dict.fromkeys(results, 0)
+        gen = _generator(seed)
+        for _ in range(50 * n_boot):
+            pending = [pair for pair in results if done[pair] < n_boot]
+            if not pending:
+                break
+            if subsample:
+                idx = torch.randperm(n, generator=gen)[:m].to(self.device)
+            else:
+                idx = torch.randint(n, (n,), generator=gen).to(self.device)
+            for pair, score in self._resampled_scores(pending, idx):
+                boots[pair][done[pair]] = score
+                done[pair] += 1
+            tick()
+        short = {pair: count for pair, count in done.items() if count < n_boot}
+        if short:
+            pair, count = next(iter(short.items()))
+            raise ValueError(
+                f"only {count} of {n_boot} resamples were valid for {pair}; use more samples"
+            )
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=self.dtype, device=self.device)
+        for pair, boot in boots.items():
+            observed = results[pair]["observed"]
+            if subsample:
+                q_low, q_high = torch.quantile(boot - boot.mean(), q) * (m / n) ** 0.5
+                low, high = observed + q_low, observed + q_high
+            else:
+                low, high = torch.quantile(boot, q)
+            results[pair].update(
+                ci_low=low,
+                ci_high=high,
+                boot=boot,
+                subsample=torch.tensor(int(subsample), device=self.device),
+            )
 
-def _bootstrap_intervals(
-    spec: MetricSpec,
-    rows: Mapping[Hashable, torch.Tensor],
-    states: Mapping[Hashable, Any],
-    results: dict[Pair, dict[str, torch.Tensor]],
-    n_boot: int,
-    level: float,
-    seed: int,
-    options: dict[str, Any],
-    tick: Callable[[], None],
-) -> None:
-    """Resample the rows of both layers of each pair with the same indices; each layer's
-    state is resampled once per draw. A pair whose score is undefined on a draw skips it
-    and takes the next one (each pair sees the same sequence of draws)."""
-    first = next(iter(rows.values()))
-    n, device, dtype = first.shape[0], first.device, first.dtype
-    subsample = not spec.duplicates_ok
-    m = n // 2 if subsample else n
-    if subsample and m < spec.min_rows + 1:
-        raise ValueError(f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}")
-    boots = {pair: torch.empty(n_boot, dtype=dtype, device=device) for pair in results}
-    done = dict.fromkeys(results, 0)
-    gen = _generator(seed)
-    for _ in range(50 * n_boot):
-        pending = [pair for pair in results if done[pair] < n_boot]
-        if not pending:
-            break
-        if subsample:
-            idx = torch.randperm(n, generator=gen)[:m].to(device)
-        else:
-            idx = torch.randint(n, (n,), generator=gen).to(device)
-        # a resampled state is dropped after its last pair of this draw (memory: a Gram each)
-        last_use = {name: k for k, pair in enumerate(pending) for name in pair}
+    def _resampled_scores(
+        self, pairs: Sequence[Pair], idx: torch.Tensor
+    ) -> Iterator[tuple[Pair, torch.Tensor]]:
+        """The score of each pair on rows ``idx``, for the pairs where it is defined. A
+        resampled state is dropped after its last pair (memory: a Gram matrix each)."""
+        last_use = {name: k for k, pair in enumerate(pairs) for name in pair}
         resampled: dict[Hashable, Any] = {}
-        for k, pair in enumerate(pending):
-            a, b = pair
+        for k, pair in enumerate(pairs):
             for name in pair:
                 if name not in resampled:
-                    resampled[name] = _resampled_state(spec, states[name], rows[name], idx, options)
-            if resampled[a] is not None and resampled[b] is not None:
+                    resampled[name] = self._resampled_state(name, idx)
+            a, b = resampled[pair[0]], resampled[pair[1]]
+            if a is not None and b is not None:
                 try:
-                    boots[pair][done[pair]] = spec.combine(resampled[a], resampled[b], **options)
-                    done[pair] += 1
+                    yield pair, self.spec.combine(a, b, **self.options)
                 except ValueError:
-                    pass  # undefined on this draw (e.g. every drawn row equal): the next one
+                    pass  # undefined on this draw (e.g. every drawn row equal)
             for name in dict.fromkeys(pair):
                 if last_use[name] == k:
                     del resampled[name]
-        tick()
-    short = {pair: count for pair, count in done.items() if count < n_boot}
-    if short:
-        pair, count = next(iter(short.items()))
-        raise ValueError(
-            f"only {count} of {n_boot} resamples were valid for {pair}; use more samples"
-        )
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=dtype, device=device)
-    for pair, boot in boots.items():
-        observed = results[pair]["observed"]
-        if subsample:
-            q_low, q_high = torch.quantile(boot - boot.mean(), q) * (m / n) ** 0.5
-            low, high = observed + q_low, observed + q_high
-        else:
-            low, high = torch.quantile(boot, q)
-        results[pair].update(
-            ci_low=low,
-            ci_high=high,
-            boot=boot,
-            subsample=torch.tensor(int(subsample), device=device),
-        )
 
+    def _resampled_state(self, name: Hashable, idx: torch.Tensor) -> Any:
+        """The state of rows ``idx`` of a layer: cut from its prepared state where the
+        metric can (CKA's Gram, k-NN's deep neighbour list), else prepared from the rows;
+        ``None`` when the metric is undefined on them."""
+        spec, x = self.spec, self.rows[name]
+        try:
+            if spec.resample is not None:
+                cut = spec.resample(self.states[name], x, idx)
+                if cut is not None:
+                    return cut
+            rows = x[idx]
+            require_variance(rows, "resample")
+            return spec.prepare(rows, **self.options)
+        except ValueError:
+            return None
 
-def _resampled_state(
-    spec: MetricSpec, state: Any, x: torch.Tensor, idx: torch.Tensor, options: dict[str, Any]
-) -> Any:
-    """The state of rows ``idx`` of layer ``x``: cut from its prepared ``state`` where the
-    metric can (CKA's Gram, k-NN's deep neighbour list), else prepared from the rows;
-    ``None`` when the metric is undefined on them."""
-    try:
-        if spec.resample is not None:
-            cut = spec.resample(state, x, idx)
-            if cut is not None:
-                return cut
-        rows = x[idx]
-        require_variance(rows, "resample")
-        return spec.prepare(rows, **options)
-    except ValueError:
-        return None
+    def _empty(self, size: int) -> torch.Tensor:
+        return torch.empty(size, dtype=self.dtype, device=self.device)
