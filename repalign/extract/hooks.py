@@ -105,6 +105,7 @@ class Recorder:
                     cls_index=info.cls_index,
                     num_prefix_tokens=info.num_prefix_tokens,
                     layer=info.name,
+                    layout=info.layout,
                 )
                 self._pending.discard(info.name)
             if self.stop_early and not self._pending:

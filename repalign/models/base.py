@@ -19,6 +19,11 @@ that are not a module but the concatenation of other layers' pooled features
 (the ``bert-vit`` baseline's ``concat.layer.N``) list those in
 :attr:`LayerInfo.sources`.
 
+A layer's output is read as a token sequence ``(B, T, D)`` unless its
+:attr:`LayerInfo.layout` says it is a feature map: ``channels_first`` ``(B, C, H, W)``
+(``nn.Conv2d``'s), ``channels_last`` ``(B, H, W, C)``, or ``auto`` (by rank: 4-D and
+more is ``channels_first``); see :mod:`repalign.extract.pooling`.
+
 Depth convention: ``depth`` counts the blocks applied to reach the layer's
 output in its own stream (embeddings 0, ``text.layer.0`` 1, ...), and
 ``relative_depth`` is ``depth / number of blocks`` in [0, 1].
@@ -39,6 +44,8 @@ from repalign.data.base import Sample
 
 Stream = Literal["text", "vision", "fused"]
 TokenKind = Literal["text", "vision"]
+Layout = Literal["tokens", "channels_first", "channels_last", "auto"]
+LAYOUTS: tuple[str, ...] = ("tokens", "channels_first", "channels_last", "auto")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class LayerInfo:
         output_index: element of a tuple/list output holding this layer's tensor.
         sources: for derived layers, the names of the layers whose pooled features
             are concatenated (in order) to form this one.
+        layout: how the output is read: ``tokens`` ``(B, T, D)`` (the default),
+            ``channels_first`` ``(B, C, *spatial)`` (conv feature maps),
+            ``channels_last`` ``(B, *spatial, C)``, or ``auto`` (``(B, T, D)`` at rank
+            3, ``channels_first`` at rank 4 and more).
     """
 
     name: str
@@ -75,6 +86,7 @@ class LayerInfo:
     num_prefix_tokens: int = 0
     output_index: int = 0
     sources: tuple[str, ...] = ()
+    layout: Layout = "tokens"
 
     def __post_init__(self) -> None:
         if self.stream not in ("text", "vision", "fused"):
@@ -94,6 +106,17 @@ class LayerInfo:
             )
         if not self.module_path and not self.sources:
             raise ValueError(f"layer {self.name!r} needs a module_path or sources")
+        if self.layout not in LAYOUTS:
+            raise ValueError(
+                f"layer {self.name!r}: layout must be one of {', '.join(LAYOUTS)}, got "
+                f"{self.layout!r} (channels_first = (batch, channels, height, width), as "
+                "nn.Conv2d returns)"
+            )
+        if self.layout in ("channels_first", "channels_last") and self.num_prefix_tokens:
+            raise ValueError(
+                f"layer {self.name!r}: a {self.layout} feature map has no prefix tokens; "
+                "leave num_prefix_tokens at 0"
+            )
 
     @property
     def is_derived(self) -> bool:
