@@ -4,7 +4,7 @@
     python benchmarks/streaming.py --layers 13 --width 768 --rows 50000 --threads 2
 
 Writes one feature file of random float32 layers, then times
-:func:`repalign.streaming_compare.streaming_compare` of the file's layers against each
+:func:`repalign.compare.streaming.streaming_compare` of the file's layers against each
 other (every layer pair) for each metric set, alternating the sets so drifts hit them
 alike, and then the moment accumulation alone on the same sizes in memory. Wall and
 process CPU time are both printed (CPU time is what a busy shared machine perturbs
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from repalign.compare.streaming import streaming_compare  # noqa: E402
 from repalign.metrics.streaming import GridMoments  # noqa: E402
 from repalign.models.base import LayerInfo  # noqa: E402
 from repalign.store.features import FeatureFile  # noqa: E402
-from repalign.streaming_compare import streaming_compare  # noqa: E402
 
 METRIC_SETS = {
     "cka": ["cka"],

@@ -1,7 +1,7 @@
 """``repalign compare`` and ``repalign plot``: feature files -> scores.nc -> figures.
 
 This module only parses options and calls the library: :func:`repalign.compare.compare`
-(or :func:`repalign.streaming_compare.streaming_compare`),
+(or :func:`repalign.compare.streaming.streaming_compare`),
 :func:`repalign.store.outputs.check_output_file` (the --out check), :mod:`repalign.store.scores`
 (write, open) and :func:`repalign.store.plot.plot_scores`.
 """
@@ -158,8 +158,8 @@ def _streaming(
     layers_b: list[str] | None,
     **options: Any,
 ) -> Any:
-    """``compare --streaming``: :func:`repalign.streaming_compare.streaming_compare`."""
-    from repalign.streaming_compare import streaming_compare
+    """``compare --streaming``: :func:`repalign.compare.streaming.streaming_compare`."""
+    from repalign.compare.streaming import streaming_compare
 
     return streaming_compare(
         files, requests, layers_a=layers_a, layers_b=layers_b or None, **options

@@ -6,7 +6,7 @@ samples. :func:`open_merged` presents them as a single ``xarray.Dataset`` in the
 order of an unsharded run, **lazily**: a layer variable is a view over the
 shards' netCDF variables and reading rows ``[i:j]`` touches only the shards
 that hold them, so a merged dataset larger than memory can be read chunk by
-chunk (:mod:`repalign.streaming_compare` does). :func:`write_merged` writes the
+chunk (:mod:`repalign.compare.streaming` does). :func:`write_merged` writes the
 same thing to one file, a bounded number of samples at a time, in the layout
 :class:`repalign.store.features.FeatureFile` writes.
 

@@ -105,7 +105,7 @@ def test_cli_merge(extraction):
 
 
 def test_streaming_compare_reads_shards_directly(extraction):
-    from repalign.streaming_compare import streaming_compare
+    from repalign.compare.streaming import streaming_compare
 
     tmp, shards = extraction
     with open_features(tmp / "full.nc") as ds:

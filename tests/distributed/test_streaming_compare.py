@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from repalign.cli.main import app
 from repalign.compare import compare
+from repalign.compare.streaming import GridMoments, streaming_compare
 from repalign.metrics import StreamingCCA, StreamingCKA
 from repalign.store.features import open_features
-from repalign.streaming_compare import GridMoments, streaming_compare
 from tests.store._feature_files import write_features
 
 N = 103  # not a multiple of any chunk size below
@@ -150,7 +150,7 @@ def test_grid_cca_warns_about_a_layer_with_unresolvable_directions(caplog):
     low = torch.randn(200, 10, generator=gen, dtype=torch.float64) * scales
     grid = GridMoments(["low", "full"], None, dtype=torch.float64)
     grid.update({"low": low, "full": torch.randn(200, 5, generator=gen, dtype=torch.float64)})
-    with caplog.at_level("WARNING", logger="repalign.streaming_compare"):
+    with caplog.at_level("WARNING", logger="repalign.compare.streaming"):
         scores = grid.scores("cca")
     assert scores[0, 0] == pytest.approx(1.0, abs=1e-12)
     (record,) = caplog.records
@@ -166,7 +166,7 @@ def test_grid_cca_warns_about_a_layer_with_unresolvable_directions(caplog):
     ],
 )
 def test_row_norm_moments_only_for_unbiased_cka(monkeypatch, files, metrics, gathered):
-    import repalign.streaming_compare as sc
+    import repalign.compare.streaming as sc
 
     grids = []
 

@@ -2,7 +2,7 @@
 
 The library behind ``repalign compare --streaming``::
 
-    from repalign.streaming_compare import streaming_compare
+    from repalign.compare.streaming import streaming_compare
     scores = streaming_compare(["a.nc", "b.nc"], ["cka", "cca"], chunk_size=8192)
 
 Rows are read from the netCDF files ``chunk_size`` samples at a time (the
@@ -33,15 +33,9 @@ import xarray as xr
 
 from repalign._numerics import resolve_device
 from repalign._progress import progress_bar
-from repalign.compare import (
-    MetricRequest,
-    align_sample_ids,
-    describe_layers,
-    metric_scores,
-    parse_requests,
-    provenance_attrs,
-    run_config,
-)
+from repalign.compare.layers import align_sample_ids, describe_layers
+from repalign.compare.pipeline import provenance_attrs, run_config
+from repalign.compare.scoring import MetricRequest, metric_scores, parse_requests
 from repalign.metrics.streaming import GridMoments
 from repalign.store import schema
 from repalign.store.scores import LayerAxis, scores_dataset
