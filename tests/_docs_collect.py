@@ -1,0 +1,227 @@
+"""Collect what the docs ask a reader to run: ```python blocks and ``repalign`` command lines.
+
+Only what ``tests/test_docs.py`` needs: a line-based Markdown reader that knows fenced
+blocks, ATX headings and inline code spans, and the ``<!-- docs-test: ... -->`` marker
+comment that may stand (blank lines aside) right before a fenced block.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the pages whose code is tested
+DOC_FILES: tuple[Path, ...] = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+
+#: fence languages whose lines are shell command lines (an unlabelled fence counts too)
+SHELL_LANGS = frozenset({"", "bash", "sh", "shell", "console", "zsh"})
+#: launchers whose ``-m repalign`` runs the repalign command
+LAUNCHERS = frozenset({"torchrun", "python", "python3"})
+
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(skip|slow)\s*(?:\((.*)\))?\s*-->\s*$")
+_ANY_MARKER = re.compile(r"<!--\s*docs-test:")
+_INLINE = re.compile(r"(?<!`)`(repalign [^`]+)`(?!`)")
+
+
+@dataclass(frozen=True)
+class Marker:
+    """``<!-- docs-test: skip (why) -->`` or ``<!-- docs-test: slow -->``."""
+
+    kind: str  # "skip" | "slow"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block of a page."""
+
+    path: Path
+    line: int  # 1-based line of the opening fence
+    heading: str  # the nearest heading above it ("" before the first)
+    lang: str
+    source: str
+    marker: Marker | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{_shown(self.path)}:{self.line}"
+
+    @property
+    def test_id(self) -> str:
+        return f"{self.where} {self.heading}".strip()
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """One documented ``repalign ...`` command: its text and its argv after ``repalign``."""
+
+    path: Path
+    line: int
+    heading: str
+    text: str
+    argv: tuple[str, ...]
+    inline: bool  # from a `code span` in prose (a bare verb there names the command)
+    marker: Marker | None = field(default=None)
+
+    @property
+    def where(self) -> str:
+        return f"{_shown(self.path)}:{self.line}"
+
+    @property
+    def test_id(self) -> str:
+        return f"{self.where} repalign {' '.join(self.argv)}"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _marker_before(lines: list[str], index: int, path: Path) -> Marker | None:
+    """The marker comment on the nearest non-blank line above ``lines[index]``, if any."""
+    for j in range(index - 1, -1, -1):
+        text = lines[j].strip()
+        if not text:
+            continue
+        found = _MARKER.match(text)
+        if found:
+            kind, reason = found.group(1), (found.group(2) or "").strip()
+            if kind == "skip" and not reason:
+                raise ValueError(
+                    f"{path}:{j + 1}: a docs-test skip marker needs its reason, "
+                    "e.g. <!-- docs-test: skip (needs a GPU) -->"
+                )
+            return Marker(kind, reason)
+        if _ANY_MARKER.search(text):
+            raise ValueError(
+                f"{path}:{j + 1}: unreadable docs-test marker {text!r}; write "
+                "<!-- docs-test: skip (REASON) --> or <!-- docs-test: slow -->"
+            )
+        return None
+    return None
+
+
+def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
+    """The fenced blocks of a page, and its prose as ``(line, heading, text)`` paragraphs."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    prose: list[tuple[int, str, str]] = []
+    heading = ""
+    fence: tuple[str, str, int, Marker | None] | None = None  # (token, lang, line, marker)
+    body: list[str] = []
+    paragraph: list[str] = []
+    start = 0
+
+    def flush() -> None:
+        if paragraph:
+            prose.append((start, heading, " ".join(paragraph)))
+            paragraph.clear()
+
+    for i, line in enumerate(lines):
+        opened = _FENCE.match(line)
+        if fence is not None:
+            if opened and line.strip().startswith(fence[0]) and not opened.group(2):
+                blocks.append(
+                    Block(path, fence[2], heading, fence[1], "\n".join(body) + "\n", fence[3])
+                )
+                fence, body = None, []
+            else:
+                body.append(line)
+            continue
+        if opened:
+            flush()
+            fence = (
+                opened.group(1),
+                opened.group(2).lower(),
+                i + 1,
+                _marker_before(lines, i, path),
+            )
+            continue
+        found = _HEADING.match(line)
+        if found:
+            flush()
+            heading = found.group(2)
+            continue
+        if not line.strip():
+            flush()
+            continue
+        if not paragraph:
+            start = i + 1
+        paragraph.append(line.strip())
+    if fence is not None:
+        raise ValueError(f"{path}:{fence[2]}: code fence never closed")
+    flush()
+    return blocks, prose
+
+
+def python_blocks(paths: tuple[Path, ...] = DOC_FILES) -> list[Block]:
+    """Every ```python block of the pages."""
+    return [b for p in paths for b in read_page(p)[0] if b.lang in ("python", "py")]
+
+
+def _logical_lines(source: str) -> list[tuple[int, str]]:
+    """Shell lines with ``\\`` continuations joined: ``(offset of first line, text)``."""
+    out: list[tuple[int, str]] = []
+    pending: list[str] = []
+    first = 0
+    for k, raw in enumerate(source.splitlines()):
+        if not pending:
+            first = k
+        stripped = raw.rstrip()
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1])
+            continue
+        pending.append(stripped)
+        out.append((first, " ".join(part.strip() for part in pending)))
+        pending = []
+    if pending:
+        out.append((first, " ".join(part.strip() for part in pending)))
+    return out
+
+
+def repalign_argv(text: str) -> tuple[str, ...] | None:
+    """The arguments after ``repalign`` (or ``torchrun/python ... -m repalign``), else None."""
+    text = text.strip()
+    if text.startswith("$ "):
+        text = text[2:]
+    try:
+        tokens = shlex.split(text, comments=True)
+    except ValueError:  # an unbalanced quote in a non-command line
+        return None
+    if not tokens:
+        return None
+    if tokens[0] == "repalign":
+        return tuple(tokens[1:])
+    if tokens[0] in LAUNCHERS:
+        for k in range(len(tokens) - 1):
+            if tokens[k] == "-m" and tokens[k + 1] == "repalign":
+                return tuple(tokens[k + 2 :])
+    return None
+
+
+def command_lines(paths: tuple[Path, ...] = DOC_FILES) -> list[CommandLine]:
+    """Every ``repalign`` command line of the shell blocks and inline code spans."""
+    found: list[CommandLine] = []
+    for path in paths:
+        blocks, prose = read_page(path)
+        for block in blocks:
+            if block.lang not in SHELL_LANGS:
+                continue
+            for offset, text in _logical_lines(block.source):
+                argv = repalign_argv(text)
+                if argv is not None:
+                    line = block.line + 1 + offset
+                    found.append(
+                        CommandLine(path, line, block.heading, text, argv, False, block.marker)
+                    )
+        for line, heading, text in prose:
+            for span in _INLINE.finditer(text):
+                argv = repalign_argv(span.group(1))
+                if argv is not None:
+                    found.append(CommandLine(path, line, heading, span.group(1), argv, True))
+    return found

@@ -1,0 +1,295 @@
+"""The docs are executable: every Python block runs, every ``repalign`` command line parses.
+
+Pages: ``README.md`` and ``docs/*.md`` (``tests/_docs_collect.py`` reads them).
+
+**Python blocks** (```python fences) run as a reader runs them: each in a fresh
+namespace, in its own temporary working directory, one after another in page order is
+*not* assumed. Files a block reads are small stand-ins built first
+(``tests/_docs_inputs.py``: a tiny untrained ViLBERT run ``runs/ap``, ``vilbert.nc``,
+``text.nc``, ``text.shard*of4.nc`` and ``scores.nc``), copied in when the block names
+them. Metrics a block registers are unregistered afterwards. A block that cannot run
+in CI carries ``<!-- docs-test: skip (the reason) -->`` on the line before its fence
+(reported as skipped with that reason); a slow but runnable one
+``<!-- docs-test: slow -->`` (run with ``-m slow``).
+
+**Command lines**: every line of a shell fence (```bash, ```console, ```sh or an
+unlabelled fence; ``\\`` continuations joined, ``# comments`` dropped) that starts with
+``repalign`` or runs ``torchrun/python ... -m repalign``, and every inline code span
+that starts with ``repalign ``, is parsed by the real CLI (``repalign.cli.main.app``,
+click as vendored by typer) without running it: the verb and sub-verb must exist, and
+unknown options, missing required arguments and values of the wrong type fail. An
+inline span that is only a verb (``repalign compare``) names the command and must
+resolve. Beyond the parser, checks that need no data run too (``DRY_RUNS``):
+``train`` resolves its full config (``--config`` file, flags, ``key=value``
+overrides) with training stubbed out, ``compare`` validates its metrics, flags and
+``--out`` with the computation stubbed out, and ``extract``/``layers`` must name a
+registered adapter and ``extract`` a known pooling.
+
+Placeholders the docs use for the reader's own paths and values are replaced token by
+token before parsing (``PLACEHOLDERS`` below; ``None`` drops the token). Other paths
+are taken as written: parsing never opens them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests._docs_collect import ROOT, Block, CommandLine, command_lines, python_blocks
+from tests._docs_inputs import StandIns
+
+#: documented placeholder -> what the parse uses (None: the token is dropped)
+PLACEHOLDERS: dict[str, str | None] = {
+    "PATH": "models/bert",  # --text-model PATH: a local transformers directory
+    "PATH_TO_BERT_DIR": "models/bert",
+    "NAME_OR_DIR": "vit_tiny_patch16_224",  # --vision-model: a timm name or directory
+    "RUN": "runs/ap",
+    "RUN/last": "runs/ap/last",
+    "DATA": "synthetic:8",
+    "CACHE": "cache/cc",
+    "S": "64",  # data cache --size S
+    "FILE.yaml": "configs/vilbert-tiny.yaml",
+    # the config.yaml a run saves is its resolved config: the file it started from stands in
+    "runs/tiny/config.yaml": "configs/vilbert-tiny.yaml",
+    "...": None,  # "and the other options"
+    "[overrides]": None,
+}
+
+
+def substitute(argv: tuple[str, ...]) -> list[str]:
+    """``argv`` with the documented placeholders replaced (``PLACEHOLDERS``)."""
+    out = []
+    for token in argv:
+        value = PLACEHOLDERS.get(token, token)
+        if value is not None:
+            out.append(value)
+    return out
+
+
+# ------------------------------------------------------------------ the Python blocks
+
+
+def _block_param(block: Block):
+    marks = []
+    if block.marker is not None and block.marker.kind == "skip":
+        marks.append(pytest.mark.skip(reason=f"{block.where}: {block.marker.reason}"))
+    if block.marker is not None and block.marker.kind == "slow":
+        marks.append(pytest.mark.slow)
+    return pytest.param(block, id=block.test_id, marks=marks)
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory) -> StandIns:
+    return StandIns(tmp_path_factory.mktemp("doc-inputs"))
+
+
+@pytest.fixture
+def fresh_registry():
+    """Metrics a block registers (the 'Your own metric' example) are removed afterwards."""
+    from repalign.metrics import _registry
+
+    before = dict(_registry._METRICS)
+    yield
+    _registry._METRICS.clear()
+    _registry._METRICS.update(before)
+
+
+@pytest.mark.parametrize("block", [_block_param(b) for b in python_blocks()])
+def test_python_block_runs(block: Block, stand_ins, fresh_registry, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")  # a block may draw (xarray's .plot())
+    monkeypatch.chdir(tmp_path)
+    stand_ins.provide(block.source, tmp_path)
+    namespace: dict = {"__name__": "__main__"}
+    code = compile(block.source, f"{block.where} ({block.heading})", "exec")
+    exec(code, namespace)  # the page's code, as a reader runs it
+
+
+# ------------------------------------------------------------------ the command lines
+
+
+def _cli():
+    import typer
+
+    from repalign.cli.main import app
+
+    return typer.main.get_command(app)
+
+
+def parse(argv: list[str], *, name_only: bool = False):
+    """Parse ``repalign ARGV`` as the CLI would, without invoking anything.
+
+    Returns ``(path, ctx)``: the verb path (``["train", "pretrain"]``) and the innermost
+    click context (``ctx.params`` are the converted values), or ``ctx`` None when
+    ``argv`` stops at a group (``repalign train``) or, with ``name_only``, when it is
+    only a verb path (``repalign compare`` named in prose: its arguments are not given).
+    """
+    group = _cli()
+    ctx = group.make_context("repalign", list(argv), resilient_parsing=False)
+    path: list[str] = []
+    while hasattr(ctx.command, "commands"):  # a group: the rest names a verb
+        rest = [*ctx._protected_args, *ctx.args]
+        if not rest:
+            return path, None
+        name, rest = rest[0], rest[1:]
+        command = ctx.command.get_command(ctx, name)
+        if command is None:
+            known = ", ".join(sorted(ctx.command.commands))
+            raise AssertionError(f"`{ctx.command_path}` has no verb {name!r}; it has: {known}")
+        path.append(name)
+        if name_only and not rest:
+            return path, None
+        ctx = command.make_context(name, rest, parent=ctx, resilient_parsing=False)
+    return path, ctx
+
+
+class _Reached(Exception):
+    """The stubbed computation was reached: every check before it passed."""
+
+
+def _reached(*_args, **_kwargs):
+    raise _Reached
+
+
+def _dry_train(ctx, monkeypatch, workdir: Path) -> None:
+    """``train pretrain|finetune``: resolve the whole config, stop before training."""
+    import repalign.cli.train_cmd as train_cmd
+    import repalign.train.finetune
+    import repalign.train.pretrain
+
+    monkeypatch.setattr(repalign.train.pretrain, "run_pretraining", _reached)
+    monkeypatch.setattr(repalign.train.finetune, "run_finetuning", _reached)
+    # the device (cuda in the torchrun examples) and an existing run are the runtime's
+    monkeypatch.setattr(train_cmd, "_check_run", lambda *a, **k: None)
+    monkeypatch.chdir(ROOT)  # --config configs/... is relative to the repository
+    ctx.command.invoke(ctx)
+
+
+def _dry_compare(ctx, monkeypatch, workdir: Path) -> None:
+    """``compare``: metrics, flags and ``--out`` checked, stop before reading features."""
+    import repalign.cli.compare_cmd as compare_cmd
+
+    monkeypatch.setattr(compare_cmd, "_streaming", _reached)
+    monkeypatch.setattr("repalign.compare.compare", _reached)
+    monkeypatch.chdir(workdir)
+    ctx.command.invoke(ctx)
+
+
+def _check_adapter(ctx, monkeypatch, workdir: Path) -> None:
+    """``extract``/``layers``: a registered adapter; ``extract``: a known pooling."""
+    from repalign.extract.pooling import check_pooling
+    from repalign.models import get_adapter
+
+    get_adapter(ctx.params["model"])
+    if "pool" in ctx.params:
+        check_pooling(ctx.params["pool"])
+    raise _Reached
+
+
+#: verb path -> the check run on the parsed context (it ends by raising _Reached)
+DRY_RUNS = {
+    ("train", "pretrain"): _dry_train,
+    ("train", "finetune"): _dry_train,
+    ("compare",): _dry_compare,
+    ("extract",): _check_adapter,
+    ("layers",): _check_adapter,
+}
+
+
+def check_command(cmd: CommandLine, workdir: Path, monkeypatch, capsys) -> None:
+    """Parse ``cmd`` (and dry-run it where ``DRY_RUNS`` says); ``pytest.fail`` saying why not."""
+    argv = substitute(cmd.argv)
+    shown = f"{cmd.where}: `repalign {' '.join(argv)}`"
+    try:
+        path, ctx = parse(argv, name_only=cmd.inline)
+    except AssertionError as err:
+        pytest.fail(f"{shown} does not parse: {err}")
+    except Exception as err:  # click's UsageError and friends (vendored: matched by shape)
+        message = err.format_message() if hasattr(err, "format_message") else repr(err)
+        pytest.fail(f"{shown} does not parse: {message}")
+    if ctx is None:
+        return  # a verb (or group) named in prose: it resolved
+    check = DRY_RUNS.get(tuple(path))
+    if check is None:
+        return
+    try:
+        check(ctx, monkeypatch, workdir)
+    except _Reached:
+        return
+    except Exception as err:  # typer.Exit after the CLI's own error line, or a library error
+        detail = capsys.readouterr().err.strip() or repr(err)
+        pytest.fail(f"{shown} is refused: {detail}")
+    pytest.fail(f"{shown} finished without reaching its work")
+
+
+@pytest.mark.parametrize("cmd", [pytest.param(c, id=c.test_id) for c in command_lines()])
+def test_command_line_parses(cmd: CommandLine, tmp_path, monkeypatch, capsys):
+    check_command(cmd, tmp_path, monkeypatch, capsys)
+
+
+# ------------------------------------------------------------------ the checker can fail
+
+_BAD_PAGE = """# Bad page
+
+```bash
+repalign compare a.nc --metrc cka --out s.nc
+repalign comparee a.nc --out s.nc
+repalign compare a.nc --permutations many --out s.nc
+repalign compare a.nc -m cka --k 10 --out s.nc     # --k: no chosen metric takes it
+repalign compare a.nc -m ckaa --out s.nc
+repalign train pretrain --preset tiny \\
+    loop.stepz=3
+torchrun --nproc-per-node 2 -m repalign extract --model nope --data synthetic --out f.nc
+repalign extract --model hf-text --data synthetic --pool max --out f.nc
+repalign plot
+```
+
+Named in prose: `repalign plot-trainin`.
+"""
+
+_EXPECTED = [
+    "No such option: --metrc",
+    "has no verb 'comparee'",
+    "Invalid value for '--permutations'",
+    "--k is an option none of the chosen metrics",
+    "ckaa",
+    "unknown config key 'loop.stepz'",
+    "unknown model adapter 'nope'",
+    "unknown pooling 'max'",
+    "Missing argument",
+    "has no verb 'plot-trainin'",
+]
+
+
+def test_the_checker_fails_wrong_command_lines(tmp_path, monkeypatch, capsys):
+    page = tmp_path / "bad.md"
+    page.write_text(_BAD_PAGE)
+    cmds = command_lines((page,))
+    assert [c.line for c in cmds] == [4, 5, 6, 7, 8, 9, 11, 12, 13, 16]
+    assert cmds[5].argv[-1] == "loop.stepz=3" and cmds[6].argv[:3] == ("extract", "--model", "nope")
+    for cmd, expected in zip(cmds, _EXPECTED, strict=True):
+        with pytest.raises(pytest.fail.Exception, match=re.escape(expected)):
+            check_command(cmd, tmp_path, monkeypatch, capsys)
+
+
+def test_the_collector_reads_markers_and_placeholders(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Page\n\n## Section\n\n<!-- docs-test: skip (needs a GPU) -->\n\n```python\nx = 1\n```\n\n"
+        "<!-- docs-test: slow -->\n```python\ny = 2\n```\n\n"
+        "```console\n$ repalign extract --model vilbert --ckpt RUN/last ... --data DATA\n```\n"
+    )
+    first, second = python_blocks((page,))
+    assert (first.line, first.heading, first.source) == (7, "Section", "x = 1\n")
+    assert (first.marker.kind, first.marker.reason) == ("skip", "needs a GPU")
+    assert second.marker.kind == "slow"
+    (cmd,) = command_lines((page,))
+    assert substitute(cmd.argv) == [
+        "extract", "--model", "vilbert", "--ckpt", "runs/ap/last", "--data", "synthetic:8",
+    ]  # fmt: skip
+    page.write_text("<!-- docs-test: skip -->\n```python\nx = 1\n```\n")
+    with pytest.raises(ValueError, match="needs its reason"):
+        python_blocks((page,))
