@@ -26,7 +26,7 @@ def merge_cmd(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Merge shard files (``extract --shard K/N`` or torchrun) into one feature file, by sample."""
+    """Merge shard files ('extract --shard K/N' or torchrun) into one feature file, by sample."""
     from repalign.store.merge import write_merged
     from repalign.store.paths import expand_paths
 
