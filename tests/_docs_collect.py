@@ -18,6 +18,8 @@ DOC_FILES: tuple[Path, ...] = (ROOT / "README.md", *sorted((ROOT / "docs").glob(
 
 #: fence languages whose lines are shell command lines (an unlabelled fence counts too)
 SHELL_LANGS = frozenset({"", "bash", "sh", "shell", "console", "zsh"})
+#: programs whose own options inline spans may show (``pip install --no-deps ...``)
+OTHER_PROGRAMS = frozenset({"pip", "torchrun", "make", "git", "bash", "sh", "srun", "sbatch"})
 #: launchers whose ``-m repalign`` runs the repalign command
 LAUNCHERS = frozenset({"torchrun", "python", "python3"})
 
@@ -26,6 +28,10 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(skip|slow)\s*(?:\((.*)\))?\s*-->\s*$")
 _ANY_MARKER = re.compile(r"<!--\s*docs-test:")
 _INLINE = re.compile(r"(?<!`)`(repalign [^`]+)`(?!`)")
+_SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
+_SCRIPT = re.compile(r"\bbenchmarks/\w+\.py\b")
+_DOTTED = re.compile(r"(?<!`)`(repalign(?:\.\w+)+)(?:\(\))?`(?!`)")
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,8 @@ def _marker_before(lines: list[str], index: int, path: Path) -> Marker | None:
 
 
 def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
-    """The fenced blocks of a page, and its prose as ``(line, heading, text)`` paragraphs."""
+    """The fenced blocks of a page, and its prose (paragraphs and headings) as
+    ``(line, heading, text)``."""
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
     prose: list[tuple[int, str, str]] = []
@@ -146,6 +153,7 @@ def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
         if found:
             flush()
             heading = found.group(2)
+            prose.append((i + 1, heading, heading))  # its code spans count as prose's
             continue
         if not line.strip():
             flush()
@@ -225,3 +233,62 @@ def command_lines(paths: tuple[Path, ...] = DOC_FILES) -> list[CommandLine]:
                 if argv is not None:
                     found.append(CommandLine(path, line, heading, span.group(1), argv, True))
     return found
+
+
+@dataclass(frozen=True)
+class DottedName:
+    """A ``repalign.module.name`` the prose points the reader to."""
+
+    path: Path
+    line: int
+    name: str
+
+    @property
+    def test_id(self) -> str:
+        return f"{_shown(self.path)}:{self.line} {self.name}"
+
+
+def dotted_names(paths: tuple[Path, ...] = DOC_FILES) -> list[DottedName]:
+    """Every inline code span of the prose that is a dotted ``repalign.`` name."""
+    found = []
+    for path in paths:
+        for line, _heading, text in read_page(path)[1]:
+            found += [DottedName(path, line, m.group(1)) for m in _DOTTED.finditer(text)]
+    return found
+
+
+@dataclass(frozen=True)
+class InlineFlag:
+    """An ``--option`` the prose names in a code span, with the benchmark scripts its
+    paragraph names (``python benchmarks/train.py ... --peak-tflops``)."""
+
+    path: Path
+    line: int
+    flag: str
+    span: str
+    scripts: tuple[str, ...]
+
+    @property
+    def test_id(self) -> str:
+        return f"{_shown(self.path)}:{self.line} {self.flag}"
+
+
+def inline_flags(paths: tuple[Path, ...] = DOC_FILES) -> list[InlineFlag]:
+    """Every ``--option`` in a prose code span that is not a whole ``repalign`` command
+    nor another program's command line (``OTHER_PROGRAMS``; ``python`` other than
+    ``python benchmarks/X.py``)."""
+    found = []
+    for path in paths:
+        for line, _heading, text in read_page(path)[1]:
+            scripts = tuple(dict.fromkeys(_SCRIPT.findall(text)))
+            for span in _SPAN.finditer(text):
+                first = span.group(1).split()[0]
+                if first == "repalign":
+                    continue  # checked whole by the command-line test
+                if first in OTHER_PROGRAMS or (
+                    first.startswith("python") and not _SCRIPT.search(span.group(1))
+                ):
+                    continue  # another program's options (pip install --no-deps ...)
+                for flag in _FLAG.findall(span.group(1)):
+                    found.append(InlineFlag(path, line, flag, span.group(1), scripts))
+    return list(dict.fromkeys(found))

@@ -1,10 +1,11 @@
-"""The docs are executable: every Python block runs, every ``repalign`` command line parses.
+"""The docs are executable: every Python block runs, every ``repalign`` command line parses,
+every ``repalign.`` name and ``--option`` they cite exists.
 
 Pages: ``README.md`` and ``docs/*.md`` (``tests/_docs_collect.py`` reads them).
 
 **Python blocks** (```python fences) run as a reader runs them: each in a fresh
-namespace, in its own temporary working directory, one after another in page order is
-*not* assumed. Files a block reads are small stand-ins built first
+namespace, in its own temporary working directory (no block relies on an earlier block
+having run). Files a block reads are small stand-ins built first
 (``tests/_docs_inputs.py``: a tiny untrained ViLBERT run ``runs/ap``, ``vilbert.nc``,
 ``text.nc``, ``text.shard*of4.nc`` and ``scores.nc``), copied in when the block names
 them. Metrics a block registers are unregistered afterwards. A block that cannot run
@@ -25,6 +26,12 @@ overrides) with training stubbed out, ``compare`` validates its metrics, flags a
 ``--out`` with the computation stubbed out, and ``extract``/``layers`` must name a
 registered adapter and ``extract`` a known pooling.
 
+**Names and options the prose cites**: every inline code span that is a dotted
+``repalign.`` name (``repalign.store.merge.write_merged``) must import/resolve, and every
+``--option`` in an inline span must be an option of some repalign verb (of the benchmark
+script when the span is ``python benchmarks/X.py ...``; other programs' spans, such as
+``pip install --no-deps``, are left alone).
+
 Placeholders the docs use for the reader's own paths and values are replaced token by
 token before parsing (``PLACEHOLDERS`` below; ``None`` drops the token). Other paths
 are taken as written: parsing never opens them.
@@ -37,7 +44,17 @@ from pathlib import Path
 
 import pytest
 
-from tests._docs_collect import ROOT, Block, CommandLine, command_lines, python_blocks
+from tests._docs_collect import (
+    ROOT,
+    Block,
+    CommandLine,
+    DottedName,
+    InlineFlag,
+    command_lines,
+    dotted_names,
+    inline_flags,
+    python_blocks,
+)
 from tests._docs_inputs import StandIns
 
 #: documented placeholder -> what the parse uses (None: the token is dropped)
@@ -230,6 +247,77 @@ def test_command_line_parses(cmd: CommandLine, tmp_path, monkeypatch, capsys):
     check_command(cmd, tmp_path, monkeypatch, capsys)
 
 
+# ------------------------------------------------------------------ the names the prose cites
+
+
+def resolve(name: str) -> object:
+    """The object ``name`` (``repalign.pkg.module.attr``) denotes: the longest importable
+    module prefix, then attributes."""
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as err:
+            if err.name is None or not ".".join(parts[:cut]).startswith(err.name):
+                raise  # the module exists but imports something missing
+            continue
+        for k, attr in enumerate(parts[cut:], start=cut):
+            if not hasattr(obj, attr):
+                raise AttributeError(f"{'.'.join(parts[:k])} has no attribute {attr!r}")
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(f"no module {parts[0]!r}")
+
+
+@pytest.mark.parametrize("cited", [pytest.param(d, id=d.test_id) for d in dotted_names()])
+def test_cited_name_exists(cited: DottedName):
+    try:
+        resolve(cited.name)
+    except (ImportError, AttributeError) as err:
+        pytest.fail(f"{cited.test_id}: the docs cite `{cited.name}`, which does not exist: {err}")
+
+
+def _cli_options() -> set[str]:
+    """Every option name of every repalign verb (``--out``, ``--no-progress`` ...)."""
+    names: set[str] = set()
+
+    def walk(command) -> None:
+        for param in command.params:
+            names.update(getattr(param, "opts", ()), getattr(param, "secondary_opts", ()))
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(_cli())
+    return names
+
+
+def _script_defines(script: str, flag: str) -> bool:
+    """Whether ``benchmarks/...py`` declares ``flag`` (as a quoted string in its source)."""
+    source = (ROOT / script).read_text(encoding="utf-8")
+    return f'"{flag}"' in source or f"'{flag}'" in source
+
+
+@pytest.mark.parametrize("cited", [pytest.param(f, id=f.test_id) for f in inline_flags()])
+def test_cited_option_exists(cited: InlineFlag):
+    """An ``--option`` the prose names is a repalign option; in a ``python benchmarks/X.py``
+    span (or a paragraph about that script) an option of that script."""
+    scripts = [w for w in cited.scripts if cited.span.startswith(f"python {w}")]
+    if scripts:  # the span is that script's command line: its options only
+        assert _script_defines(scripts[0], cited.flag), (
+            f"{cited.test_id}: `{cited.span}` names {cited.flag}, which {scripts[0]} does not take"
+        )
+        return
+    known = cited.flag in _cli_options() or any(
+        _script_defines(w, cited.flag) for w in cited.scripts
+    )
+    assert known, (
+        f"{cited.test_id}: `{cited.span}` names {cited.flag}, which no repalign verb "
+        f"{'nor ' + ', '.join(cited.scripts) + ' ' if cited.scripts else ''}takes"
+    )
+
+
 # ------------------------------------------------------------------ the checker can fail
 
 _BAD_PAGE = """# Bad page
@@ -293,3 +381,30 @@ def test_the_collector_reads_markers_and_placeholders(tmp_path):
     page.write_text("<!-- docs-test: skip -->\n```python\nx = 1\n```\n")
     with pytest.raises(ValueError, match="needs its reason"):
         python_blocks((page,))
+
+
+def test_the_checker_fails_wrong_names_and_options(tmp_path):
+    page = tmp_path / "bad.md"
+    page.write_text(
+        "# `repalign.metrics.cka`\n\n"
+        "See `repalign.metrics.no_such_metric()` and `repalign.no_such_module.thing`.\n\n"
+        "Pass `--layers-a GLOB` or `--no-such-flag`; `pip install --no-deps x` is pip's.\n\n"
+        "Time it with `python benchmarks/train.py --device cuda --no-such-bench-flag`.\n"
+    )
+    names = dotted_names((page,))
+    assert [n.name for n in names] == [
+        "repalign.metrics.cka", "repalign.metrics.no_such_metric", "repalign.no_such_module.thing",
+    ]  # fmt: skip
+    test_cited_name_exists(names[0])
+    for wrong in names[1:]:
+        with pytest.raises(pytest.fail.Exception, match="does not exist"):
+            test_cited_name_exists(wrong)
+    flags = inline_flags((page,))
+    assert [f.flag for f in flags] == [
+        "--layers-a", "--no-such-flag", "--device", "--no-such-bench-flag",
+    ]  # fmt: skip
+    test_cited_option_exists(flags[0])
+    test_cited_option_exists(flags[2])
+    for wrong in (flags[1], flags[3]):
+        with pytest.raises(AssertionError, match="does not take|no repalign verb"):
+            test_cited_option_exists(wrong)
