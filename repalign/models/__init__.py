@@ -2,5 +2,13 @@
 
 from repalign.models._registry import get_adapter, list_adapters, register_adapter
 from repalign.models.base import Adapter, LayerInfo
+from repalign.models.module import ModuleAdapter
 
-__all__ = ["Adapter", "LayerInfo", "get_adapter", "list_adapters", "register_adapter"]
+__all__ = [
+    "Adapter",
+    "LayerInfo",
+    "ModuleAdapter",
+    "get_adapter",
+    "list_adapters",
+    "register_adapter",
+]
