@@ -31,6 +31,7 @@ _INLINE = re.compile(r"(?<!`)`(repalign [^`]+)`(?!`)")
 _SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
 _SCRIPT = re.compile(r"\bbenchmarks/\w+\.py\b")
+_OVERRIDE = re.compile(r"\[?([a-z_]+(?:\.[a-z_]+)+=(?:\{[^}]*\}|[^\s\]]+))\]?")
 _DOTTED = re.compile(r"(?<!`)`(repalign(?:\.\w+)+)(?:\(\))?`(?!`)")
 
 
@@ -292,3 +293,31 @@ def inline_flags(paths: tuple[Path, ...] = DOC_FILES) -> list[InlineFlag]:
                 for flag in _FLAG.findall(span.group(1)):
                     found.append(InlineFlag(path, line, flag, span.group(1), scripts))
     return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """A prose code span made only of ``section.key=value`` config overrides."""
+
+    path: Path
+    line: int
+    span: str
+    items: tuple[str, ...]
+
+    @property
+    def test_id(self) -> str:
+        return f"{_shown(self.path)}:{self.line} {self.span}"
+
+
+def config_overrides(paths: tuple[Path, ...] = DOC_FILES) -> list[Overrides]:
+    """Every prose code span that consists of dotted ``key=value`` overrides
+    (``optim.lr=1e-3``; optional ones in brackets)."""
+    found = []
+    for path in paths:
+        for line, _heading, text in read_page(path)[1]:
+            for span in _SPAN.finditer(text):
+                body = span.group(1).strip()
+                items = _OVERRIDE.findall(body)
+                if items and not _OVERRIDE.sub("", body).strip():
+                    found.append(Overrides(path, line, body, tuple(items)))
+    return found

@@ -30,7 +30,8 @@ registered adapter and ``extract`` a known pooling.
 ``repalign.`` name (``repalign.store.merge.write_merged``) must import/resolve, and every
 ``--option`` in an inline span must be an option of some repalign verb (of the benchmark
 script when the span is ``python benchmarks/X.py ...``; other programs' spans, such as
-``pip install --no-deps``, are left alone).
+``pip install --no-deps``, are left alone). A span of ``section.key=value`` overrides
+(``optim.lr=1e-3``) must resolve in the pretraining or the fine-tuning config.
 
 Placeholders the docs use for the reader's own paths and values are replaced token by
 token before parsing (``PLACEHOLDERS`` below; ``None`` drops the token). Other paths
@@ -50,7 +51,9 @@ from tests._docs_collect import (
     CommandLine,
     DottedName,
     InlineFlag,
+    Overrides,
     command_lines,
+    config_overrides,
     dotted_names,
     inline_flags,
     python_blocks,
@@ -66,6 +69,7 @@ PLACEHOLDERS: dict[str, str | None] = {
     "RUN/last": "runs/ap/last",
     "DATA": "synthetic:8",
     "CACHE": "cache/cc",
+    "DIR": "images",  # data.images=DIR
     "S": "64",  # data cache --size S
     "FILE.yaml": "configs/vilbert-tiny.yaml",
     # the config.yaml a run saves is its resolved config: the file it started from stands in
@@ -318,6 +322,26 @@ def test_cited_option_exists(cited: InlineFlag):
     )
 
 
+@pytest.mark.parametrize("cited", [pytest.param(o, id=o.test_id) for o in config_overrides()])
+def test_cited_config_overrides_resolve(cited: Overrides):
+    """``optim.lr=1e-3`` in prose is a ``train`` override: it must resolve in the
+    pretraining or the fine-tuning config (placeholder values substituted)."""
+    from repalign.train.config import FinetuneConfig, PretrainConfig, load_config
+
+    items = []
+    for item in cited.items:
+        key, value = item.split("=", 1)
+        items.append(f"{key}={PLACEHOLDERS.get(value) or value}")
+    errors = []
+    for kind in (PretrainConfig, FinetuneConfig):
+        try:
+            load_config(kind, None, items)
+            return
+        except (ValueError, KeyError) as err:
+            errors.append(f"{kind.__name__}: {err}")
+    pytest.fail(f"{cited.test_id}: not a valid train override: {'; '.join(errors)}")
+
+
 # ------------------------------------------------------------------ the checker can fail
 
 _BAD_PAGE = """# Bad page
@@ -389,7 +413,8 @@ def test_the_checker_fails_wrong_names_and_options(tmp_path):
         "# `repalign.metrics.cka`\n\n"
         "See `repalign.metrics.no_such_metric()` and `repalign.no_such_module.thing`.\n\n"
         "Pass `--layers-a GLOB` or `--no-such-flag`; `pip install --no-deps x` is pip's.\n\n"
-        "Time it with `python benchmarks/train.py --device cuda --no-such-bench-flag`.\n"
+        "Time it with `python benchmarks/train.py --device cuda --no-such-bench-flag`.\n\n"
+        "Set `optim.lr=1e-3 [loop.threads=1]` but not `optim.lrr=1e-3`.\n"
     )
     names = dotted_names((page,))
     assert [n.name for n in names] == [
@@ -408,3 +433,8 @@ def test_the_checker_fails_wrong_names_and_options(tmp_path):
     for wrong in (flags[1], flags[3]):
         with pytest.raises(AssertionError, match="does not take|no repalign verb"):
             test_cited_option_exists(wrong)
+    good, bad = config_overrides((page,))
+    assert good.items == ("optim.lr=1e-3", "loop.threads=1")
+    test_cited_config_overrides_resolve(good)
+    with pytest.raises(pytest.fail.Exception, match="unknown config key 'optim.lrr'"):
+        test_cited_config_overrides_resolve(bad)
