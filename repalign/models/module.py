@@ -18,16 +18,14 @@ regex. Canonical names are ``<stream>.<module path>`` unless ``layers`` is a map
 
 A ``(B, C, H, W)`` output is read as ``channels_first`` (PyTorch's convention) by the
 default ``layout="auto"``; a ``(B, H, W, C)`` one needs ``layout="channels_last"``
-(see :mod:`repalign.extract.pooling`).
+(see :mod:`repalign.extract.pooling`). Layer choice: :mod:`repalign.models.module_layers`;
+samples to inputs: :mod:`repalign.models.module_inputs`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
-import re
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,112 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from repalign._suggest import did_you_mean
 from repalign.data.base import Sample
-from repalign.models.base import LAYOUTS, Adapter, LayerInfo, Layout, Stream, config_json
-from repalign.models.hf import require_texts
-from repalign.models.timm_vision import collate_images
+from repalign.models.base import Adapter, LayerInfo, Layout, Stream, config_json
+from repalign.models.module_inputs import IMAGENET_MEAN, IMAGENET_STD, default_collate
+from repalign.models.module_layers import module_layers
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Collate = Callable[[Sequence[Sample]], Any]
-
-
-def _glob_regex(pattern: str) -> str:
-    """A module-path glob as a regex: ``*`` within a dotted component, ``**`` across."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        c = pattern[i]
-        end = pattern.find("]", i + 2) if c == "[" else -1
-        if c == "*":
-            out.append(r"[^.]*")
-        elif c == "?":
-            out.append(r"[^.]")
-        elif end != -1:
-            body = pattern[i + 1 : end]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def _path_regex(pattern: str) -> re.Pattern[str]:
-    if pattern.startswith("re:"):
-        try:
-            return re.compile(pattern[3:])
-        except re.error as exc:
-            raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
-    return re.compile(_glob_regex(pattern))
-
-
-def module_paths(model: nn.Module) -> list[str]:
-    """Every submodule path of ``model`` in registration order (shared modules under each name)."""
-    return [name for name, _ in model.named_modules(remove_duplicate=False) if name]
-
-
-def resolve_module_paths(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """The module paths matching ``patterns`` (see the module docstring), in pattern order
-    and, within a pattern, in ``named_modules()`` order; each path once.
-
-    A pattern that matches nothing is an error with the closest paths ("did you mean").
-    """
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not patterns:
-        raise ValueError("give at least one layer (a module path of the model, a glob or re:)")
-    paths = module_paths(model)
-    chosen: dict[str, None] = {}
-    for pattern in patterns:
-        regex = _path_regex(pattern)
-        matched = [p for p in paths if regex.fullmatch(p)]
-        if not matched:
-            hint = did_you_mean(pattern.removeprefix("re:"), paths, cutoff=0.4)
-            top = [name for name, _ in model.named_children()]
-            shown = ", ".join(top[:12]) + (" ..." if len(top) > 12 else "")
-            raise ValueError(
-                f"layer {pattern!r} matches no submodule of {type(model).__name__}.{hint} "
-                f"Its top-level modules: {shown}. `repalign.models.module.module_paths(model)` "
-                "lists every path; '*' stays within one dotted component, '**' crosses them"
-            )
-        chosen.update(dict.fromkeys(matched))
-    return list(chosen)
-
-
-def image_transform(
-    image_size: int | tuple[int, int] = 224,
-    *,
-    resize: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> Callable[[Any], torch.Tensor]:
-    """torchvision-style evaluation preprocessing: PIL image -> normalised ``(3, H, W)`` float.
-
-    The shorter side is resized to ``resize`` (default: ``image_size``, bilinear,
-    antialiased), the centre ``image_size`` crop kept, scaled to [0, 1] and normalised with
-    ``mean``/``std`` (ImageNet's by default). torchvision's ImageNet classifiers were
-    evaluated with ``image_size=224, resize=256``.
-    """
-    from torchvision import transforms
-
-    return transforms.Compose(
-        [
-            transforms.Resize(resize or image_size, antialias=True),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -156,20 +54,6 @@ def state_sha256(model: nn.Module) -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _as_call(inputs: Any, who: str) -> dict[str, Any]:
-    """Collated inputs as ``{"args": tuple, "kwargs": dict}`` (tensors stay nested inside)."""
-    if isinstance(inputs, torch.Tensor):
-        return {"args": (inputs,), "kwargs": {}}
-    if isinstance(inputs, tuple | list):
-        return {"args": tuple(inputs), "kwargs": {}}
-    if isinstance(inputs, Mapping):
-        return {"args": (), "kwargs": dict(inputs)}
-    raise TypeError(
-        f"{who}: collate must return a tensor (the model's one input), a tuple of positional "
-        f"inputs or a dict of keyword inputs, got {type(inputs).__name__}"
-    )
 
 
 class ModuleAdapter(Adapter):
@@ -214,7 +98,7 @@ class ModuleAdapter(Adapter):
         layers: Sequence[str] | Mapping[str, str],
         *,
         stream: Stream,
-        collate: Collate | None = None,
+        collate: Callable[[Sequence[Sample]], Any] | None = None,
         transform: Callable[[Any], torch.Tensor] | None = None,
         image_size: int | tuple[int, int] = 224,
         resize: int | None = None,
@@ -241,142 +125,19 @@ class ModuleAdapter(Adapter):
         self.checkpoint = checkpoint
         self.fingerprint = fingerprint
         self._call = call
-        self._layers = self._layer_infos(
-            layers, stream, layout, cls_index, num_prefix_tokens, output_index, tokens
-        )
-        self._preprocessing: dict[str, Any] = {}
-        self._collate = self._choose_collate(
-            collate, transform, tokenizer, max_length, image_size, resize, mean, std
-        )
+        self._layers = module_layers(
+            model, layers, stream=stream, layout=layout, cls_index=cls_index,
+            num_prefix_tokens=num_prefix_tokens, output_index=output_index, tokens=tokens,
+        )  # fmt: skip
+        self._collate, self._preprocessing = default_collate(
+            model, stream, self.name, collate=collate, transform=transform,
+            tokenizer=tokenizer, max_length=max_length, image_size=image_size, resize=resize,
+            mean=mean, std=std, custom_call=call is not None,
+        )  # fmt: skip
+        # the built-in collates are stateless or hold their own lock
         self.collate_thread_safe = collate_thread_safe if collate is not None else True  # type: ignore[misc]
         self._warned_no_mask = False
         self._checked_reuse = False
-
-    # -- construction -------------------------------------------------------------------
-    def _layer_infos(
-        self,
-        layers: Sequence[str] | Mapping[str, str],
-        stream: Stream,
-        layout: Layout | Mapping[str, Layout],
-        cls_index: int | None,
-        num_prefix_tokens: int,
-        output_index: int,
-        tokens: str | None,
-    ) -> list[LayerInfo]:
-        if isinstance(layers, Mapping):
-            names = [str(k) for k in layers]
-            paths = [str(v) for v in layers.values()]
-            all_paths = set(module_paths(self.model))
-            for canonical, path in zip(names, paths, strict=True):
-                if path not in all_paths:
-                    hint = did_you_mean(path, all_paths, cutoff=0.4)
-                    raise ValueError(
-                        f"layer {canonical!r}: {type(self.model).__name__} has no submodule "
-                        f"{path!r}.{hint} `repalign.models.module.module_paths(model)` lists them"
-                    )
-            if len(set(paths)) != len(paths):
-                raise ValueError(f"layers maps several names to one module path: {layers}")
-        else:
-            paths = resolve_module_paths(self.model, layers)
-            names = [f"{stream}.{p}" for p in paths]
-        layouts = self._layouts(layout, names, paths)
-        n = len(paths)
-        return [
-            LayerInfo(
-                canonical, path, stream, i + 1, (i + 1) / n,
-                tokens=tokens,  # type: ignore[arg-type]
-                cls_index=cls_index, num_prefix_tokens=num_prefix_tokens,
-                output_index=output_index, layout=layouts[i],
-            )
-            for i, (canonical, path) in enumerate(zip(names, paths, strict=True))
-        ]  # fmt: skip
-
-    @staticmethod
-    def _layouts(
-        layout: Layout | Mapping[str, Layout], names: list[str], paths: list[str]
-    ) -> list[Layout]:
-        if isinstance(layout, str):
-            return [layout] * len(paths)
-        unknown = [k for k in layout if k not in names and k not in paths]
-        if unknown:
-            raise ValueError(
-                f"layout given for {unknown}, which are not among the layers {paths}; key it "
-                "by module path or canonical name"
-            )
-        default: Layout = "auto"
-        out = [layout.get(p, layout.get(nm, default)) for nm, p in zip(names, paths, strict=True)]
-        bad = [v for v in out if v not in LAYOUTS]
-        if bad:
-            raise ValueError(f"unknown layout {bad[0]!r}; choose one of {', '.join(LAYOUTS)}")
-        return out
-
-    def _choose_collate(
-        self,
-        collate: Collate | None,
-        transform: Callable[[Any], torch.Tensor] | None,
-        tokenizer: Any,
-        max_length: int,
-        image_size: int | tuple[int, int],
-        resize: int | None,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> Callable[[Sequence[Sample]], dict[str, Any]]:
-        who = self.name
-        if collate is not None:
-            self._preprocessing = {"collate": getattr(collate, "__qualname__", repr(collate))}
-            return lambda samples: _as_call(collate(samples), who)
-        if self.stream == "vision":
-            if tokenizer is not None:
-                raise ValueError(
-                    f"{who}: a tokenizer is for stream='text'; a vision model reads images "
-                    "(give transform=, image_size=/mean=/std=, or collate=)"
-                )
-            if transform is None:
-                transform = image_transform(image_size, resize=resize, mean=mean, std=std)
-                self._preprocessing = {
-                    "image_size": image_size, "resize": resize or image_size,
-                    "mean": list(mean), "std": list(std),
-                }  # fmt: skip
-            else:
-                self._preprocessing = {"transform": repr(transform)}
-            image_tf = transform
-            return lambda samples: _as_call(collate_images(samples, image_tf, who), who)
-        if self.stream == "text":
-            if tokenizer is None:
-                raise ValueError(
-                    f"{who}: stream='text' needs tokenizer= (a transformers tokenizer) or "
-                    "collate= (samples -> model inputs): samples hold captions as strings"
-                )
-            self._preprocessing = {
-                "tokenizer": type(tokenizer).__name__,
-                "tokenizer_source": str(getattr(tokenizer, "name_or_path", "")),
-                "max_length": max_length,
-            }
-            return self._tokenizing_collate(tokenizer, max_length)
-        raise ValueError(
-            f"{who}: stream={self.stream!r} has no default preprocessing; give collate= "
-            "(samples -> model inputs)"
-        )
-
-    def _tokenizing_collate(
-        self, tokenizer: Any, max_length: int
-    ) -> Callable[[Sequence[Sample]], dict[str, Any]]:
-        params = inspect.signature(self.model.forward).parameters.values()
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-        accepts = {p.name for p in params}
-        lock = threading.Lock()  # fast tokenizers fail when called from several threads
-
-        def collate(samples: Sequence[Sample]) -> dict[str, Any]:
-            texts = require_texts(samples, self.name)
-            with lock:
-                enc = tokenizer(
-                    texts, padding=True, truncation=True, max_length=max_length,
-                    return_tensors="pt",
-                )  # fmt: skip
-            kwargs = {k: v for k, v in enc.items() if takes_any or k in accepts}
-            return {"args": (), "kwargs": kwargs, "mask": enc.get("attention_mask")}
-
-        return collate
 
     # -- the Adapter interface ----------------------------------------------------------
     @classmethod

@@ -17,7 +17,9 @@ from repalign.extract import extract
 from repalign.extract.hooks import record
 from repalign.models import ModuleAdapter
 from repalign.models.hf import HFTextAdapter
-from repalign.models.module import image_transform, resolve_module_paths, state_sha256
+from repalign.models.module import state_sha256
+from repalign.models.module_inputs import image_transform
+from repalign.models.module_layers import module_paths, resolve_module_paths
 from repalign.store.features import open_features
 from tests.extract._tiny import tiny_bert, tiny_tokenizer
 
@@ -190,6 +192,10 @@ def test_tokenizer_default_matches_the_hf_text_adapter(tmp_path):
 
 def test_glob_and_regex_patterns_over_module_paths():
     model = TinyCNN()
+    assert module_paths(model) == [
+        "stem", "stem.0", "stem.1", "stages", "stages.0", "stages.0.0", "stages.0.1",
+        "stages.1", "stages.1.0", "stages.1.1", "head",
+    ]  # fmt: skip
     assert resolve_module_paths(model, ["stages.*"]) == ["stages.0", "stages.1"]
     assert resolve_module_paths(model, ["stages.*.0"]) == ["stages.0.0", "stages.1.0"]
     assert resolve_module_paths(model, ["stages.**"]) == [
@@ -211,6 +217,10 @@ def test_bad_paths_say_did_you_mean():
         ModuleAdapter(model, ["re:stages.("], stream="vision")
     with pytest.raises(ValueError, match="has no submodule 'stages.2'"):
         ModuleAdapter(model, {"vision.s2": "stages.2"}, stream="vision")
+    with pytest.raises(ValueError, match="several names to one module path"):
+        ModuleAdapter(model, {"a": "stem", "b": "stem"}, stream="vision")
+    with pytest.raises(ValueError, match="at least one layer"):
+        ModuleAdapter(model, [], stream="vision")
 
 
 def test_missing_preprocessing_and_bad_collate_outputs_are_explained():
