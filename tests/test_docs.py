@@ -19,8 +19,8 @@ unlabelled fence; ``\\`` continuations joined, ``# comments`` dropped) that star
 that starts with ``repalign ``, is parsed by the real CLI (``repalign.cli.main.app``,
 click as vendored by typer) without running it: the verb and sub-verb must exist, and
 unknown options, missing required arguments and values of the wrong type fail. An
-inline span that is only a verb (``repalign compare``) names the command and must
-resolve. Beyond the parser, checks that need no data run too (``DRY_RUNS``):
+inline span names a command in a sentence: it must resolve and the options it shows
+must parse, but required arguments may be left out (``repalign compare --streaming``). Beyond the parser, checks that need no data run too (``DRY_RUNS``):
 ``train`` resolves its full config (``--config`` file, flags, ``key=value``
 overrides) with training stubbed out, ``compare`` validates its metrics, flags and
 ``--out`` with the computation stubbed out, and ``extract``/``layers`` must name a
@@ -140,13 +140,26 @@ def _cli():
     return typer.main.get_command(app)
 
 
-def parse(argv: list[str], *, name_only: bool = False):
+def _optional_copy(command):
+    """``command`` with every parameter optional: prose names a verb with the options it
+    talks about (`repalign compare --streaming`), not a whole command."""
+    import copy
+
+    loose = copy.copy(command)
+    loose.params = [copy.copy(param) for param in command.params]
+    for param in loose.params:
+        param.required = False
+    return loose
+
+
+def parse(argv: list[str], *, prose: bool = False):
     """Parse ``repalign ARGV`` as the CLI would, without invoking anything.
 
     Returns ``(path, ctx)``: the verb path (``["train", "pretrain"]``) and the innermost
     click context (``ctx.params`` are the converted values), or ``ctx`` None when
-    ``argv`` stops at a group (``repalign train``) or, with ``name_only``, when it is
-    only a verb path (``repalign compare`` named in prose: its arguments are not given).
+    ``argv`` stops at a group (``repalign train``) or, with ``prose``, when it is only a
+    verb path (``repalign compare`` named in a sentence). With ``prose``, required
+    arguments and options may be left out; what is given must still parse.
     """
     group = _cli()
     ctx = group.make_context("repalign", list(argv), resilient_parsing=False)
@@ -161,8 +174,10 @@ def parse(argv: list[str], *, name_only: bool = False):
             known = ", ".join(sorted(ctx.command.commands))
             raise AssertionError(f"`{ctx.command_path}` has no verb {name!r}; it has: {known}")
         path.append(name)
-        if name_only and not rest:
+        if prose and not rest:
             return path, None
+        if prose and not hasattr(command, "commands"):
+            command = _optional_copy(command)
         ctx = command.make_context(name, rest, parent=ctx, resilient_parsing=False)
     return path, ctx
 
@@ -225,14 +240,19 @@ def check_command(cmd: CommandLine, workdir: Path, monkeypatch, capsys) -> None:
     argv = substitute(cmd.argv)
     shown = f"{cmd.where}: `repalign {' '.join(argv)}`"
     try:
-        path, ctx = parse(argv, name_only=cmd.inline)
+        path, ctx = parse(argv, prose=cmd.inline)
     except AssertionError as err:
         pytest.fail(f"{shown} does not parse: {err}")
     except Exception as err:  # click's UsageError and friends (vendored: matched by shape)
         message = err.format_message() if hasattr(err, "format_message") else repr(err)
         pytest.fail(f"{shown} does not parse: {message}")
     if ctx is None:
-        return  # a verb (or group) named in prose: it resolved
+        return  # a verb or group named in prose: it resolved
+    if cmd.inline:  # a whole command in prose is dry-run too; a verb with options is not
+        try:
+            path, ctx = parse(argv)
+        except Exception:
+            return  # required arguments left out: the options given did parse
     check = DRY_RUNS.get(tuple(path))
     if check is None:
         return
@@ -359,7 +379,9 @@ repalign extract --model hf-text --data synthetic --pool max --out f.nc
 repalign plot
 ```
 
-Named in prose: `repalign plot-trainin`.
+Named in prose: `repalign plot-trainin`, `repalign compare --streaming` (fine),
+`repalign compare --chunk-size big`, `repalign compare --streamin`,
+`repalign compare a.nc -m ckaa --out s.nc` (a whole command: dry-run).
 """
 
 _EXPECTED = [
@@ -373,6 +395,10 @@ _EXPECTED = [
     "unknown pooling 'max'",
     "Missing argument",
     "has no verb 'plot-trainin'",
+    None,
+    "Invalid value for '--chunk-size'",
+    "No such option: --streamin",
+    "ckaa",
 ]
 
 
@@ -380,9 +406,12 @@ def test_the_checker_fails_wrong_command_lines(tmp_path, monkeypatch, capsys):
     page = tmp_path / "bad.md"
     page.write_text(_BAD_PAGE)
     cmds = command_lines((page,))
-    assert [c.line for c in cmds] == [4, 5, 6, 7, 8, 9, 11, 12, 13, 16]
+    assert [c.line for c in cmds] == [4, 5, 6, 7, 8, 9, 11, 12, 13, *[16] * 5]
     assert cmds[5].argv[-1] == "loop.stepz=3" and cmds[6].argv[:3] == ("extract", "--model", "nope")
     for cmd, expected in zip(cmds, _EXPECTED, strict=True):
+        if expected is None:
+            check_command(cmd, tmp_path, monkeypatch, capsys)
+            continue
         with pytest.raises(pytest.fail.Exception, match=re.escape(expected)):
             check_command(cmd, tmp_path, monkeypatch, capsys)
 
