@@ -177,7 +177,8 @@ class ModuleAdapter(Adapter):
     def _check_reuse(self, batch: Mapping[str, Any]) -> None:
         """Refuse a hooked module that runs several times in one pass (torchvision's
         BasicBlock calls its ``relu`` twice): its hook would keep the first call's output
-        when extraction stops early and the last one's otherwise.
+        when extraction stops early and the last one's otherwise. Also log how each 4-D
+        ``auto`` output is read, so a channels-last map read as channels-first shows.
 
         A full pass with the extractor's own hooks on these modules set aside (they would
         record, or stop the pass early), counting calls with pre-hooks.
@@ -187,16 +188,25 @@ class ModuleAdapter(Adapter):
         }
         modules = {id(m): m for m in by_path.values()}  # a module under two paths once
         calls: dict[int, int] = {}
+        shapes: dict[str, tuple[int, ...]] = {}  # first call's output shape, per layer
 
         def count(module: nn.Module, _args: Any) -> None:
             calls[id(module)] = calls.get(id(module), 0) + 1
+
+        def keep(module: nn.Module, _args: Any, output: Any) -> None:
+            for info in self._layers:
+                if by_path[info.module_path] is module and info.name not in shapes:
+                    out = _element(output, info.output_index)
+                    if isinstance(out, torch.Tensor):
+                        shapes[info.name] = tuple(out.shape)
 
         saved = {key: m._forward_hooks for key, m in modules.items()}
         handles = []
         try:
             for m in modules.values():
-                m._forward_hooks = OrderedDict()
+                m._forward_hooks = OrderedDict()  # set aside; restored below
                 handles.append(m.register_forward_pre_hook(count))
+                handles.append(m.register_forward_hook(keep))
             self._run(batch)
         finally:
             for handle in handles:
@@ -211,6 +221,14 @@ class ModuleAdapter(Adapter):
                 "torchvision's BasicBlock reuses `relu`), so which call to record is ambiguous; "
                 "choose a module that runs once, e.g. the enclosing block"
             )
+        for info in self._layers:
+            shape = shapes.get(info.name, ())
+            if info.layout == "auto" and len(shape) >= 4:
+                log.info(
+                    "%s: output %s read as (batch, channels, *spatial): %d channels (layout "
+                    "auto); pass layout='channels_last' if it is (batch, *spatial, channels)",
+                    info.name, shape, shape[1],
+                )  # fmt: skip
 
     def token_masks(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor | None]:
         mask = batch.get("mask")
@@ -245,3 +263,12 @@ class ModuleAdapter(Adapter):
             "checkpoint_sha256": state_sha256(self.model) if self.fingerprint else "",
             "config_json": config_json(config),
         }
+
+
+def _element(output: Any, index: int) -> Any:
+    """The part of a module output a layer reads (as the extractor's hooks take it)."""
+    if isinstance(output, tuple | list):
+        return output[index]
+    if isinstance(output, Mapping):
+        return list(output.values())[index]
+    return output

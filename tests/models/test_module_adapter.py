@@ -343,3 +343,33 @@ def test_torchvision_resnet18():
         _features(ModuleAdapter(model, ["layer1.0.relu"], stream="vision", image_size=32),
                   _images(2))  # fmt: skip
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_timm_swin_stages_are_channels_last():
+    """A timm model without `blocks` whose stages return (B, H, W, C): declared, not guessed."""
+    import timm
+
+    torch.manual_seed(0)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=4,
+        embed_dim=8, depths=(1, 1), num_heads=(1, 1), num_classes=0,
+    ).eval()  # fmt: skip
+    adapter = ModuleAdapter(
+        swin, ["layers.*"], stream="vision", image_size=32, layout="channels_last"
+    )
+    batch, feats = _features(adapter, _images(3))
+    raw = _manual_outputs(swin, ["layers.0", "layers.1"], batch["args"][0])
+    assert raw["layers.1"].shape == (3, 4, 4, 16)  # (B, H, W, C)
+    for path, out in raw.items():
+        torch.testing.assert_close(feats[f"vision.{path}"], out.mean(dim=(1, 2)))
+
+
+def test_how_a_4d_output_is_read_is_logged(caplog):
+    adapter = ModuleAdapter(TinyCNN().eval(), ["stages.1", "head"], stream="vision", image_size=32)
+    with caplog.at_level("INFO", logger="repalign.models.module"):
+        _features(adapter, _images(2))
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "vision.stages.1: output (2, 8, 8, 8) read as (batch, channels, *spatial): 8 channels "
+        "(layout auto); pass layout='channels_last' if it is (batch, *spatial, channels)"
+    ]
