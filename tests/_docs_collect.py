@@ -32,6 +32,8 @@ _SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
 _SCRIPT = re.compile(r"\bbenchmarks/\w+\.py\b")
 _OVERRIDE = re.compile(r"\[?([a-z_]+(?:\.[a-z_]+)+=(?:\{[^}]*\}|[^\s\]]+))\]?")
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:benchmarks|configs|docs|repalign|tests)/[\w./-]*\w)")
 _DOTTED = re.compile(r"(?<!`)`(repalign(?:\.\w+)+)(?:\(\))?`(?!`)")
 
 
@@ -321,3 +323,57 @@ def config_overrides(paths: tuple[Path, ...] = DOC_FILES) -> list[Overrides]:
                 if items and not _OVERRIDE.sub("", body).strip():
                     found.append(Overrides(path, line, body, tuple(items)))
     return found
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A link target (``[text](training.md#anchor)``, an image) or a repository path the
+    prose cites (``benchmarks/results/h200_extract_cuda.txt``)."""
+
+    path: Path
+    line: int
+    target: str
+    kind: str  # "link" | "path"
+
+    @property
+    def test_id(self) -> str:
+        return f"{_shown(self.path)}:{self.line} {self.target}"
+
+
+def references(paths: tuple[Path, ...] = DOC_FILES) -> list[Reference]:
+    """Every relative link or image of the prose and every repository path it names."""
+    found = []
+    for path in paths:
+        for line, _heading, text in read_page(path)[1]:
+            for link in _LINK.finditer(text):
+                target = link.group(1) or link.group(2)
+                if "://" not in target and not target.startswith("mailto:"):
+                    found.append(Reference(path, line, target, "link"))
+            for cited in _REPO_PATH.findall(text):
+                found.append(Reference(path, line, cited, "path"))
+    return list(dict.fromkeys(found))
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``path``: lower case, punctuation dropped,
+    spaces to hyphens, repeats numbered ``-1``, ``-2`` ..."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    fence = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        opened = _FENCE.match(line)
+        if opened:
+            if fence is None:
+                fence = opened.group(1)
+            elif not opened.group(2):  # a bare fence closes the block
+                fence = None
+            continue
+        found = None if fence else _HEADING.match(line)
+        if not found:
+            continue
+        text = found.group(2)
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors

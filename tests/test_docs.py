@@ -31,7 +31,9 @@ registered adapter and ``extract`` a known pooling.
 ``--option`` in an inline span must be an option of some repalign verb (of the benchmark
 script when the span is ``python benchmarks/X.py ...``; other programs' spans, such as
 ``pip install --no-deps``, are left alone). A span of ``section.key=value`` overrides
-(``optim.lr=1e-3``) must resolve in the pretraining or the fine-tuning config.
+(``optim.lr=1e-3``) must resolve in the pretraining or the fine-tuning config. Links
+(and their ``#anchors``) and the repository files the prose cites as evidence
+(``benchmarks/results/...``, ``tests/...``) must exist.
 
 Placeholders the docs use for the reader's own paths and values are replaced token by
 token before parsing (``PLACEHOLDERS`` below; ``None`` drops the token). Other paths
@@ -52,11 +54,14 @@ from tests._docs_collect import (
     DottedName,
     InlineFlag,
     Overrides,
+    Reference,
     command_lines,
     config_overrides,
     dotted_names,
+    heading_anchors,
     inline_flags,
     python_blocks,
+    references,
 )
 from tests._docs_inputs import StandIns
 
@@ -362,6 +367,22 @@ def test_cited_config_overrides_resolve(cited: Overrides):
     pytest.fail(f"{cited.test_id}: not a valid train override: {'; '.join(errors)}")
 
 
+@pytest.mark.parametrize("cited", [pytest.param(r, id=r.test_id) for r in references()])
+def test_cited_file_exists(cited: Reference):
+    """A link (relative to its page) or a cited repository path (``benchmarks/results/...``,
+    ``tests/...``, relative to the repository) exists; a link's ``#anchor`` is a heading."""
+    target, _, anchor = cited.target.partition("#")
+    base = cited.path.parent if cited.kind == "link" else ROOT
+    file = (base / target) if target else cited.path
+    assert file.exists(), f"{cited.test_id}: {cited.kind} to {file}, which does not exist"
+    if anchor:
+        anchors = heading_anchors(file)
+        assert anchor in anchors, (
+            f"{cited.test_id}: {file.name} has no heading with anchor #{anchor}; "
+            f"it has: {', '.join(sorted(anchors))}"
+        )
+
+
 # ------------------------------------------------------------------ the checker can fail
 
 _BAD_PAGE = """# Bad page
@@ -467,3 +488,27 @@ def test_the_checker_fails_wrong_names_and_options(tmp_path):
     test_cited_config_overrides_resolve(good)
     with pytest.raises(pytest.fail.Exception, match="unknown config key 'optim.lrr'"):
         test_cited_config_overrides_resolve(bad)
+
+
+def test_the_checker_fails_broken_links_and_cited_files(tmp_path):
+    page = tmp_path / "page.md"
+    (tmp_path / "other.md").write_text(
+        "# Other\n\n## The `vilbert` adapter\n\n```\n# not a heading\n```\n"
+    )
+    page.write_text(
+        "See [there](other.md#the-vilbert-adapter), [gone](gone.md), "
+        "[nowhere](other.md#not-a-heading) and ![fig](img/none.png).\n\n"
+        "Measured: `benchmarks/results/h200_extract_cuda.txt`, benchmarks/results/never_run.txt.\n"
+    )
+    refs = references((page,))
+    assert [(r.kind, r.target) for r in refs] == [
+        ("link", "other.md#the-vilbert-adapter"), ("link", "gone.md"),
+        ("link", "other.md#not-a-heading"), ("link", "img/none.png"),
+        ("path", "benchmarks/results/h200_extract_cuda.txt"),
+        ("path", "benchmarks/results/never_run.txt"),
+    ]  # fmt: skip
+    for good in (refs[0], refs[4]):
+        test_cited_file_exists(good)
+    for bad in (refs[1], refs[2], refs[3], refs[5]):
+        with pytest.raises(AssertionError, match="does not exist|has no heading"):
+            test_cited_file_exists(bad)
