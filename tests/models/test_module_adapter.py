@@ -373,3 +373,17 @@ def test_how_a_4d_output_is_read_is_logged(caplog):
         "vision.stages.1: output (2, 8, 8, 8) read as (batch, channels, *spatial): 8 channels "
         "(layout auto); pass layout='channels_last' if it is (batch, *spatial, channels)"
     ]
+
+
+def test_resume_refuses_a_file_written_with_other_weights(tmp_path):
+    model = TinyCNN().eval()
+    adapter = ModuleAdapter(model, ["stages.*"], stream="vision", image_size=32)
+    data = SyntheticCaptions(4, image_size=32)
+    out = tmp_path / "f.nc"
+    extract(adapter, data, out, batch_size=4, progress=False)
+    again = extract(adapter, data, out, batch_size=4, progress=False, resume=True)
+    assert again.already_complete
+    with torch.no_grad():
+        model.stem[0].weight.mul_(2)
+    with pytest.raises(ValueError, match="cannot resume .*checkpoint_sha256: file has"):
+        extract(adapter, data, out, batch_size=4, progress=False, resume=True)
