@@ -10,7 +10,8 @@ having run). Files a block reads are small stand-ins built first
 ``text.nc``, ``text.shard*of4.nc`` and ``scores.nc``), copied in when the block names
 them. Metrics a block registers are unregistered afterwards. A block that cannot run
 in CI carries ``<!-- docs-test: skip (the reason) -->`` on the line before its fence
-(reported as skipped with that reason); a slow but runnable one
+(reported as skipped with that reason; on a shell fence it skips the fence's command
+lines, which should rarely be needed: parsing needs nothing); a slow but runnable one
 ``<!-- docs-test: slow -->`` (run with ``-m slow``).
 
 **Command lines**: every line of a shell fence (```bash, ```console, ```sh or an
@@ -131,7 +132,12 @@ def test_python_block_runs(block: Block, stand_ins, fresh_registry, tmp_path, mo
     stand_ins.provide(block.source, tmp_path)
     namespace: dict = {"__name__": "__main__"}
     code = compile(block.source, f"{block.where} ({block.heading})", "exec")
-    exec(code, namespace)  # the page's code, as a reader runs it
+    try:
+        exec(code, namespace)  # the page's code, as a reader runs it
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
 
 
 # ------------------------------------------------------------------ the command lines
@@ -271,7 +277,13 @@ def check_command(cmd: CommandLine, workdir: Path, monkeypatch, capsys) -> None:
     pytest.fail(f"{shown} finished without reaching its work")
 
 
-@pytest.mark.parametrize("cmd", [pytest.param(c, id=c.test_id) for c in command_lines()])
+def _command_param(cmd: CommandLine):
+    skip = cmd.marker is not None and cmd.marker.kind == "skip"
+    marks = [pytest.mark.skip(reason=f"{cmd.where}: {cmd.marker.reason}")] if skip else []
+    return pytest.param(cmd, id=cmd.test_id, marks=marks)
+
+
+@pytest.mark.parametrize("cmd", [_command_param(c) for c in command_lines()])
 def test_command_line_parses(cmd: CommandLine, tmp_path, monkeypatch, capsys):
     check_command(cmd, tmp_path, monkeypatch, capsys)
 
