@@ -377,3 +377,23 @@ def heading_anchors(path: Path) -> set[str]:
         seen[slug] = count + 1
         anchors.add(slug if count == 0 else f"{slug}-{count}")
     return anchors
+
+
+def make_targets(paths: tuple[Path, ...] = DOC_FILES) -> list[tuple[str, int, str]]:
+    """``(where, line, target)`` for every ``make TARGET`` of the shell fences and prose."""
+    found = []
+    for path in paths:
+        blocks, prose = read_page(path)
+        for block in blocks:
+            if block.lang in SHELL_LANGS:
+                for offset, text in _logical_lines(block.source):
+                    tokens = text.split("#")[0].split()
+                    if tokens[:1] == ["make"]:
+                        line = block.line + 1 + offset
+                        found += [(_shown(path), line, t) for t in tokens[1:] if "=" not in t]
+        for line, _heading, text in prose:
+            for span in _SPAN.finditer(text):
+                tokens = span.group(1).split()
+                if tokens[:1] == ["make"]:
+                    found += [(_shown(path), line, t) for t in tokens[1:] if "=" not in t]
+    return list(dict.fromkeys(found))

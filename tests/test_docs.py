@@ -33,7 +33,7 @@ registered adapter and ``extract`` a known pooling.
 script when the span is ``python benchmarks/X.py ...``; other programs' spans, such as
 ``pip install --no-deps``, are left alone). A span of ``section.key=value`` overrides
 (``optim.lr=1e-3``) must resolve in the pretraining or the fine-tuning config. Links
-(and their ``#anchors``) and the repository files the prose cites as evidence
+(and their ``#anchors``), ``make`` targets and the repository files the prose cites as evidence
 (``benchmarks/results/...``, ``tests/...``) must exist.
 
 Placeholders the docs use for the reader's own paths and values are replaced token by
@@ -61,6 +61,7 @@ from tests._docs_collect import (
     dotted_names,
     heading_anchors,
     inline_flags,
+    make_targets,
     python_blocks,
     references,
 )
@@ -393,6 +394,22 @@ def test_cited_file_exists(cited: Reference):
             f"{cited.test_id}: {file.name} has no heading with anchor #{anchor}; "
             f"it has: {', '.join(sorted(anchors))}"
         )
+
+
+def _makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return set(re.findall(r"^([\w.-]+)\s*:(?!=)", text, re.M))
+
+
+@pytest.mark.parametrize(
+    "where,line,target", [pytest.param(*t, id=f"{t[0]}:{t[1]} make {t[2]}") for t in make_targets()]
+)
+def test_documented_make_target_exists(where: str, line: int, target: str):
+    targets = _makefile_targets()
+    assert target in targets, (
+        f"{where}:{line}: `make {target}`, but the Makefile has no such target "
+        f"(it has: {', '.join(sorted(targets))})"
+    )
 
 
 # ------------------------------------------------------------------ the checker can fail
