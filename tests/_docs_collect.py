@@ -117,7 +117,8 @@ def _marker_before(lines: list[str], index: int, path: Path) -> Marker | None:
 
 def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
     """The fenced blocks of a page, and its prose (paragraphs and headings) as
-    ``(line, heading, text)``."""
+    ``(first line, heading, text)``; a paragraph's lines are joined by newlines
+    (:func:`line_of` maps a match back to its line)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
     prose: list[tuple[int, str, str]] = []
@@ -129,7 +130,7 @@ def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
 
     def flush() -> None:
         if paragraph:
-            prose.append((start, heading, " ".join(paragraph)))
+            prose.append((start, heading, "\n".join(paragraph)))
             paragraph.clear()
 
     for i, line in enumerate(lines):
@@ -168,6 +169,15 @@ def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
         raise ValueError(f"{path}:{fence[2]}: code fence never closed")
     flush()
     return blocks, prose
+
+
+def line_of(first: int, text: str, match: re.Match) -> int:
+    """The page line where ``match`` (in a paragraph starting at line ``first``) starts."""
+    return first + text.count("\n", 0, match.start())
+
+
+def _one_line(span: str) -> str:
+    return " ".join(span.split())
 
 
 def python_blocks(paths: tuple[Path, ...] = DOC_FILES) -> list[Block]:
@@ -234,7 +244,10 @@ def command_lines(paths: tuple[Path, ...] = DOC_FILES) -> list[CommandLine]:
             for span in _INLINE.finditer(text):
                 argv = repalign_argv(span.group(1))
                 if argv is not None:
-                    found.append(CommandLine(path, line, heading, span.group(1), argv, True))
+                    where = line_of(line, text, span)
+                    found.append(
+                        CommandLine(path, where, heading, _one_line(span.group(1)), argv, True)
+                    )
     return found
 
 
@@ -256,7 +269,9 @@ def dotted_names(paths: tuple[Path, ...] = DOC_FILES) -> list[DottedName]:
     found = []
     for path in paths:
         for line, _heading, text in read_page(path)[1]:
-            found += [DottedName(path, line, m.group(1)) for m in _DOTTED.finditer(text)]
+            found += [
+                DottedName(path, line_of(line, text, m), m.group(1)) for m in _DOTTED.finditer(text)
+            ]
     return found
 
 
@@ -292,8 +307,9 @@ def inline_flags(paths: tuple[Path, ...] = DOC_FILES) -> list[InlineFlag]:
                     first.startswith("python") and not _SCRIPT.search(span.group(1))
                 ):
                     continue  # another program's options (pip install --no-deps ...)
+                where = line_of(line, text, span)
                 for flag in _FLAG.findall(span.group(1)):
-                    found.append(InlineFlag(path, line, flag, span.group(1), scripts))
+                    found.append(InlineFlag(path, where, flag, _one_line(span.group(1)), scripts))
     return list(dict.fromkeys(found))
 
 
@@ -318,10 +334,10 @@ def config_overrides(paths: tuple[Path, ...] = DOC_FILES) -> list[Overrides]:
     for path in paths:
         for line, _heading, text in read_page(path)[1]:
             for span in _SPAN.finditer(text):
-                body = span.group(1).strip()
+                body = _one_line(span.group(1))
                 items = _OVERRIDE.findall(body)
                 if items and not _OVERRIDE.sub("", body).strip():
-                    found.append(Overrides(path, line, body, tuple(items)))
+                    found.append(Overrides(path, line_of(line, text, span), body, tuple(items)))
     return found
 
 
@@ -348,9 +364,9 @@ def references(paths: tuple[Path, ...] = DOC_FILES) -> list[Reference]:
             for link in _LINK.finditer(text):
                 target = link.group(1) or link.group(2)
                 if "://" not in target and not target.startswith("mailto:"):
-                    found.append(Reference(path, line, target, "link"))
-            for cited in _REPO_PATH.findall(text):
-                found.append(Reference(path, line, cited, "path"))
+                    found.append(Reference(path, line_of(line, text, link), target, "link"))
+            for cited in _REPO_PATH.finditer(text):
+                found.append(Reference(path, line_of(line, text, cited), cited.group(1), "path"))
     return list(dict.fromkeys(found))
 
 
@@ -395,5 +411,6 @@ def make_targets(paths: tuple[Path, ...] = DOC_FILES) -> list[tuple[str, int, st
             for span in _SPAN.finditer(text):
                 tokens = span.group(1).split()
                 if tokens[:1] == ["make"]:
-                    found += [(_shown(path), line, t) for t in tokens[1:] if "=" not in t]
+                    where = line_of(line, text, span)
+                    found += [(_shown(path), where, t) for t in tokens[1:] if "=" not in t]
     return list(dict.fromkeys(found))

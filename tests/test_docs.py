@@ -173,6 +173,8 @@ def parse(argv: list[str], *, prose: bool = False):
     verb path (``repalign compare`` named in a sentence). With ``prose``, required
     arguments and options may be left out; what is given must still parse.
     """
+    if prose and not argv:
+        return [], None  # `repalign ...`: the command itself
     group = _cli()
     ctx = group.make_context("repalign", list(argv), resilient_parsing=False)
     path: list[str] = []
@@ -456,7 +458,7 @@ def test_the_checker_fails_wrong_command_lines(tmp_path, monkeypatch, capsys):
     page = tmp_path / "bad.md"
     page.write_text(_BAD_PAGE)
     cmds = command_lines((page,))
-    assert [c.line for c in cmds] == [4, 5, 6, 7, 8, 9, 11, 12, 13, *[16] * 5]
+    assert [c.line for c in cmds] == [4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 16, 17, 17, 18]
     assert cmds[5].argv[-1] == "loop.stepz=3" and cmds[6].argv[:3] == ("extract", "--model", "nope")
     for cmd, expected in zip(cmds, _EXPECTED, strict=True):
         if expected is None:
