@@ -1,4 +1,6 @@
-"""Collect what the docs ask a reader to run: ```python blocks and ``repalign`` command lines.
+"""Collect what the docs ask a reader to run or look up: ```python blocks, ``repalign``
+command lines, and the names, options, overrides, links, files and ``make`` targets the
+prose cites.
 
 Only what ``tests/test_docs.py`` needs: a line-based Markdown reader that knows fenced
 blocks, ATX headings and inline code spans, and the ``<!-- docs-test: ... -->`` marker
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,9 +140,8 @@ def read_page(path: Path) -> tuple[list[Block], list[tuple[int, str, str]]]:
         opened = _FENCE.match(line)
         if fence is not None:
             if opened and line.strip().startswith(fence[0]) and not opened.group(2):
-                blocks.append(
-                    Block(path, fence[2], heading, fence[1], "\n".join(body) + "\n", fence[3])
-                )
+                source = textwrap.dedent("\n".join(body) + "\n")  # a block in a list item
+                blocks.append(Block(path, fence[2], heading, fence[1], source, fence[3]))
                 fence, body = None, []
             else:
                 body.append(line)

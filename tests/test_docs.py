@@ -483,6 +483,9 @@ def test_the_collector_reads_markers_and_placeholders(tmp_path):
     assert substitute(cmd.argv) == [
         "extract", "--model", "vilbert", "--ckpt", "runs/ap/last", "--data", "synthetic:8",
     ]  # fmt: skip
+    page.write_text("- a list item:\n\n  ```python\n  z = 3\n  if z:\n      z = 4\n  ```\n")
+    (indented,) = python_blocks((page,))
+    assert indented.source == "z = 3\nif z:\n    z = 4\n"
     page.write_text("<!-- docs-test: skip -->\n```python\nx = 1\n```\n")
     with pytest.raises(ValueError, match="needs its reason"):
         python_blocks((page,))
