@@ -3,10 +3,8 @@ depths, and the check that two files hold the same stimuli in the same order."""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from repalign._patterns import match_each
 from repalign.store.schema import SAMPLE_ID, SHARD
 from repalign.store.scores import LayerAxis
 
@@ -37,24 +36,12 @@ def select_layers(available: Sequence[str], patterns: Sequence[str], *, where: s
 
     A pattern is a glob (``text.*``, ``*.layer.1?``), an exact name, or a regular
     expression prefixed ``re:``. A pattern that matches nothing is an error that
-    lists what is there.
+    names the closest layers.
     """
-    chosen: set[str] = set()
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            try:
-                rx = re.compile(pattern[3:])
-            except re.error as exc:
-                raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
-            hits = {name for name in available if rx.fullmatch(name)}
-        else:
-            hits = {name for name in available if fnmatch.fnmatchcase(name, pattern)}
-        if not hits:
-            raise ValueError(
-                f"layer pattern {pattern!r} matches no layer of {where}; it has: "
-                f"{', '.join(available)} (globs like 'text.*' or 're:text\\.layer\\.\\d+')"
-            )
-        chosen |= hits
+    hits = match_each(
+        available, patterns, where=where, listing="`repalign info FILE` lists them all"
+    )
+    chosen = {name for group in hits for name in group}
     return [name for name in available if name in chosen]
 
 

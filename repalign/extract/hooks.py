@@ -12,8 +12,6 @@ Hooks are removed when the ``with`` block ends, also on an exception.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -21,19 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from repalign._suggest import did_you_mean
+from repalign._patterns import match_each
 from repalign.extract.pooling import Pooling, check_pooling, pool
 from repalign.models.base import LayerInfo
 
 
 class _StopForward(Exception):
     """Raised inside a hook once every requested layer has been recorded."""
-
-
-def _matches(pattern: str, name: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def select_layers(
@@ -47,20 +39,9 @@ def select_layers(
     if not patterns:
         return list(available)
     names = [info.name for info in available]
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
-        if not any(_matches(pattern, n) for n in names):
-            hint = did_you_mean(pattern.removeprefix("re:"), names, cutoff=0.4)
-            shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
-            raise ValueError(
-                f"layer pattern {pattern!r} matches no layer.{hint} Layers: {shown} "
-                "(`repalign layers MODEL` lists them all)"
-            )
-    return [info for info in available if any(_matches(p, info.name) for p in patterns)]
+    hits = match_each(names, patterns, listing="`repalign layers MODEL` lists them all")
+    chosen = {name for group in hits for name in group}
+    return [info for info in available if info.name in chosen]
 
 
 def _select_output(output: Any, info: LayerInfo) -> torch.Tensor:

@@ -8,50 +8,15 @@ regex; a plain path matches itself.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from repalign._patterns import match_each
 from repalign._suggest import did_you_mean
 from repalign.models.base import LAYOUTS, LayerInfo, Layout, Stream
 
 _LISTING = "`repalign.models.module_layers.module_paths(model)` lists every path"
-
-
-def _glob_regex(pattern: str) -> str:
-    """A module-path glob as a regex: ``*`` within a dotted component, ``**`` across."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        c = pattern[i]
-        end = pattern.find("]", i + 2) if c == "[" else -1
-        if c == "*":
-            out.append(r"[^.]*")
-        elif c == "?":
-            out.append(r"[^.]")
-        elif end != -1:  # a character class, copied with ! turned into ^
-            body = pattern[i + 1 : end]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def _path_regex(pattern: str) -> re.Pattern[str]:
-    if pattern.startswith("re:"):
-        try:
-            return re.compile(pattern[3:])
-        except re.error as exc:
-            raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
-    return re.compile(_glob_regex(pattern))
 
 
 def module_paths(model: nn.Module) -> list[str]:
@@ -71,21 +36,12 @@ def resolve_module_paths(model: nn.Module, patterns: Sequence[str]) -> list[str]
     if not patterns:
         raise ValueError("give at least one layer (a module path of the model, a glob or re:)")
     paths = module_paths(model)
-    chosen: dict[str, None] = {}
-    for pattern in patterns:
-        regex = _path_regex(pattern)
-        matched = [p for p in paths if regex.fullmatch(p)]
-        if not matched:
-            hint = did_you_mean(pattern.removeprefix("re:"), paths, cutoff=0.4)
-            top = [name for name, _ in model.named_children()]
-            shown = ", ".join(top[:12]) + (" ..." if len(top) > 12 else "")
-            raise ValueError(
-                f"layer {pattern!r} matches no submodule of {type(model).__name__}.{hint} "
-                f"Its top-level modules: {shown}. {_LISTING}; '*' stays within one dotted "
-                "component, '**' crosses them"
-            )
-        chosen.update(dict.fromkeys(matched))
-    return list(chosen)
+    hits = match_each(
+        paths, patterns, dotted=True, what="submodule", where=type(model).__name__,
+        shown=[name for name, _ in model.named_children()], shown_as="Its top-level modules",
+        listing=f"{_LISTING}; '*' stays within one dotted component, '**' crosses them",
+    )  # fmt: skip
+    return list(dict.fromkeys(path for group in hits for path in group))
 
 
 def _named_paths(
