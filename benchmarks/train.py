@@ -219,8 +219,20 @@ def main() -> None:
     parser.add_argument(
         "--every-row", action="store_true", help="also on CPU: the row with every task on every row"
     )
+    parser.add_argument(
+        "--rows",
+        default="eager,towers,every,compiled",
+        help="which rows (comma list of eager, towers, every, compiled); on CPU towers and "
+        "every also need --towers / --every-row, compiled needs CUDA",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    wanted = set(args.rows.split(","))
+    unknown = wanted - {"eager", "towers", "every", "compiled"}
+    if unknown:
+        parser.error(
+            f"unknown --rows {sorted(unknown)}; choose from eager, towers, every, compiled"
+        )
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.preset = args.preset or ("base" if cuda else "tiny")
@@ -247,14 +259,16 @@ def main() -> None:
     every_row = {k: v for k, v in objective.items() if k != "task_batch_sizes"}
     meta["objective"] = objective
     rows: dict[str, dict[str, float]] = {}
-    runs = [("vilbert eager", lambda: vilbert_row(args, device, False, objective))]
-    if cuda or args.towers:
+    runs = []
+    if "eager" in wanted:
+        runs.append(("vilbert eager", lambda: vilbert_row(args, device, False, objective)))
+    if (cuda or args.towers) and "towers" in wanted:
         runs.append(("towers alone", lambda: towers_row(args, device)))
-    if cuda or args.every_row:
+    if (cuda or args.every_row) and "every" in wanted:
         runs.append(
             ("vilbert eager, every row", lambda: vilbert_row(args, device, False, every_row))
         )
-    if cuda and not args.no_compile:  # last: compiling takes longest
+    if cuda and not args.no_compile and "compiled" in wanted:  # last: compiling takes longest
         runs.append(("vilbert compiled", lambda: vilbert_row(args, device, True, objective)))
     for name, run in runs:
         rows[name] = run()
@@ -291,7 +305,7 @@ def main() -> None:
                     f"{name} / towers alone: {r['pairs_per_s'] / towers['pairs_per_s']:.2f}x "
                     f"pairs/s, {r['tflop_per_step'] / towers['tflop_per_step']:.2f}x FLOPs"
                 )
-    if not cuda:
+    if not cuda and "vilbert eager" in rows:
         print(f"{args.preset} preset on CPU: {rows['vilbert eager']['steps_per_s']:.2f} steps/s")
 
 
