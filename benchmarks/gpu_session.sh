@@ -20,12 +20,13 @@ step() {  # step NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2
   echo "=== $name"; timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.txt" | tail -n 40
 }
-# eager rows take about a minute; compiling the step took 161 s on an H200
-step train_cuda 360 python3 benchmarks/train.py --device cuda --json "$OUT/train_cuda.json"
+# eager rows take about a minute; compiling the step took 161 s on an H200, so the two
+# compiled rows (default, and reduce-overhead = CUDA graphs) take about 5 minutes
+step train_cuda 420 python3 benchmarks/train.py --device cuda --rows eager,towers,compiled,cudagraphs --json "$OUT/train_cuda.json"
 # can the host's CPU cores feed that step? (about 40 s; base config, 224-pixel images)
 step data_cpu 90 python3 benchmarks/data.py --workers 0,4,8,12 --cache --n-train 2048
 # a larger batch: better GEMM efficiency, fewer launches and optimizer steps per pair
-step train_cuda_b256 150 python3 benchmarks/train.py --device cuda --batch-size 256 --rows eager --json "$OUT/train_cuda_b256.json"
+step train_cuda_b256 90 python3 benchmarks/train.py --device cuda --batch-size 256 --rows eager --json "$OUT/train_cuda_b256.json"
 [ "$WHAT" = train ] && exit 0
 step pytest_gpu 50 python3 -m pytest -q -p no:cacheprovider -m gpu tests
 step metrics_cuda 80 python3 benchmarks/metrics.py --device cuda --knn-n 100000

@@ -143,11 +143,15 @@ def objective_settings(config_path: Path, batch: int) -> dict:
     return objective
 
 
-def vilbert_row(args, device: torch.device, compile: bool, objective: dict) -> dict[str, float]:
+def vilbert_row(
+    args, device: torch.device, compile: bool, objective: dict, mode: str = "default"
+) -> dict[str, float]:
     vconfig = preset(args.preset)
     torch.manual_seed(0)
     model = PretrainModel(vconfig, tasks=TASKS, **objective)
-    loop = LoopConfig(device=str(device), compile=compile, bf16=True, progress=False)
+    loop = LoopConfig(
+        device=str(device), compile=compile, compile_mode=mode, bf16=True, progress=False
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, None, run_dir=tmp, optim=OptimConfig(), loop=loop)
         batch = make_batch(vconfig, args.batch_size, args.text_len, device)
@@ -222,8 +226,9 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         default="eager,towers,every,compiled",
-        help="which rows (comma list of eager, towers, every, compiled); on CPU towers and "
-        "every also need --towers / --every-row, compiled needs CUDA",
+        help="which rows (comma list of eager, towers, every, compiled, cudagraphs); on CPU "
+        "towers and every also need --towers / --every-row, the compiled ones need CUDA; "
+        "cudagraphs is torch.compile's reduce-overhead mode (CUDA graphs)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
@@ -270,14 +275,33 @@ def main() -> None:
         )
     if cuda and not args.no_compile and "compiled" in wanted:  # last: compiling takes longest
         runs.append(("vilbert compiled", lambda: vilbert_row(args, device, True, objective)))
+    if cuda and not args.no_compile and "cudagraphs" in wanted:
+        runs.append(
+            (
+                "vilbert CUDA graphs",
+                lambda: vilbert_row(args, device, True, objective, mode="reduce-overhead"),
+            )
+        )
+    failed: dict[str, str] = {}
     for name, run in runs:
-        rows[name] = run()
+        try:
+            rows[name] = run()
+        except Exception as exc:  # one row failing (e.g. a compile mode) must not lose the rest
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            print(f"{name}: FAILED {failed[name][:2000]}", flush=True)
+            if args.json:
+                args.json.write_text(
+                    json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2)
+                )
+            continue
         if peak:
             r = rows[name]
             r["mfu"] = r["tflop_per_step"] * r["steps_per_s"] / peak
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in rows[name].items()), flush=True)
         if args.json:  # after every row: a run cut short still leaves what it measured
-            args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+            args.json.write_text(
+                json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2)
+            )
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
@@ -298,7 +322,12 @@ def main() -> None:
         )
     if "towers alone" in rows:
         towers = rows["towers alone"]
-        for name in ("vilbert eager", "vilbert eager, every row", "vilbert compiled"):
+        for name in (
+            "vilbert eager",
+            "vilbert eager, every row",
+            "vilbert compiled",
+            "vilbert CUDA graphs",
+        ):
             if name in rows:
                 r = rows[name]
                 print(

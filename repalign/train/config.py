@@ -23,6 +23,10 @@ from repalign._suggest import did_you_mean
 T = TypeVar("T")
 
 
+#: the modes ``torch.compile`` takes (``loop.compile_mode``)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def _at_least(config: Any, section: str, minimums: Mapping[str, float]) -> None:
     """Refuse a setting below its minimum, naming it as an override would (``loop.steps``)."""
     for key, low in minimums.items():
@@ -66,6 +70,9 @@ class LoopConfig:
     device: str = "auto"  # "auto" picks cuda when available
     bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
     compile: bool = False
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs: no per-kernel launch
+    # cost), "max-autotune" or "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     num_workers: int = 0
     # CPU threads for torch (0: torch's default). 1 is much faster on a shared, busy
     # machine, where OpenMP threads of several processes spin against each other.
@@ -74,6 +81,11 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         # steps=0 is allowed: the model at its initialisation, evaluated and saved (a baseline)
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"loop.compile_mode {self.compile_mode!r} is not a torch.compile mode; choose "
+                f"one of {', '.join(COMPILE_MODES)}"
+            )
         _at_least(self, "loop", {"steps": 0, "grad_accum": 1, "log_every": 1, "eval_every": 0,
                                  "checkpoint_every": 0, "keep_checkpoints": 0, "num_workers": 0,
                                  "threads": 0})  # fmt: skip

@@ -142,8 +142,15 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False,
             )
-        self.forward: Callable[[Any], Mapping[str, torch.Tensor]] = (
-            torch.compile(wrapped) if loop.compile else wrapped
+        self.forward: Callable[[Any], Mapping[str, torch.Tensor]] = wrapped
+        if loop.compile:
+            mode = None if loop.compile_mode == "default" else loop.compile_mode
+            self.forward = torch.compile(wrapped, mode=mode)
+        # CUDA graphs reuse their output memory on every replay: each step is marked as a new
+        # one (the step's metrics are new tensors, computed before the next replay)
+        self._cuda_graphs = loop.compile and loop.compile_mode in (
+            "reduce-overhead",
+            "max-autotune",
         )
         self.step = 0
         self.best: float | None = None
@@ -264,6 +271,8 @@ class Trainer:
         """One optimizer step over ``micro_batches`` (gradient accumulation); metrics stay
         on the device. The learning rate is whatever ``fit`` last set."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}  # a metric may be missing in some micro-batches
         for i, batch in enumerate(micro_batches):

@@ -96,3 +96,27 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
         g["lr"] = 1e30
     with pytest.raises(FloatingPointError, match="lower optim.lr"):
         trainer.fit()
+
+
+@pytest.mark.parametrize(("mode", "marks"), [("default", 0), ("reduce-overhead", 3)])
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(
+    tmp_path, monkeypatch, mode, marks
+):
+    seen, marked = [], []
+
+    def fake_compile(module, mode=None):
+        seen.append(mode)
+        return module  # eager: the loop's own behaviour is what is tested
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(1))
+    make_trainer(tmp_path, steps=3, compile=True, compile_mode=mode).fit()
+    assert seen == [None if mode == "default" else mode]
+    assert len(marked) == marks
+
+
+def test_an_unknown_compile_mode_is_refused():
+    from repalign.train.config import LoopConfig
+
+    with pytest.raises(ValueError, match="not a torch.compile mode; choose one of default"):
+        LoopConfig(compile_mode="fast")
