@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,9 +124,7 @@ def pretrain(
     ),
 ) -> None:
     """Pretrain ViLBERT (MLM, contrastive MIM, AP, ITC); writes RUN/eval.json."""
-    from repalign.train.checkpoint import CheckpointError
-    from repalign.train.config import PretrainConfig, load_config
-    from repalign.train.interrupt import RunInterrupted
+    from repalign.train.config import PretrainConfig
     from repalign.train.pretrain import run_pretraining
 
     flags = _flag_overrides(
@@ -141,18 +140,14 @@ def pretrain(
             "probe.every": probe_every,
         },
     )
-    try:
-        cfg = load_config(
-            PretrainConfig, config, [*flags, *_data_overrides(data), *(overrides or [])]
-        )
-        _check_run(cfg.out, cfg.loop.device, resume=resume, overwrite=overwrite)
-        result = run_pretraining(cfg, resume=resume)
-    except RunInterrupted as err:
-        raise _interrupted(err) from None
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, CheckpointError) as err:
-        raise fail(err) from None
-    if result:  # ranks other than 0 under torchrun evaluate nothing and return {}
-        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+    _train(
+        PretrainConfig,
+        config,
+        lambda: [*flags, *_data_overrides(data), *(overrides or [])],
+        run_pretraining,
+        resume=resume,
+        overwrite=overwrite,
+    )
 
 
 def finetune(
@@ -174,10 +169,8 @@ def finetune(
     ),
 ) -> None:
     """Fine-tune on a binary image-text task; early stopping on dev AUROC; writes RUN/eval.json."""
-    from repalign.train.checkpoint import CheckpointError
-    from repalign.train.config import FinetuneConfig, load_config
+    from repalign.train.config import FinetuneConfig
     from repalign.train.finetune import run_finetuning
-    from repalign.train.interrupt import RunInterrupted
 
     flags = _flag_overrides(
         init=init,
@@ -185,10 +178,35 @@ def finetune(
         out=out,
         **{"data.name": data, "loop.steps": steps, "loop.device": device},
     )
+    _train(
+        FinetuneConfig,
+        config,
+        lambda: [*flags, *(overrides or [])],
+        run_finetuning,
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
+def _train(
+    config_class: type,
+    config: Path | None,
+    overrides: Callable[[], list[str]],
+    run: Callable[..., dict[str, float]],
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    """Resolve the run config (file, then ``overrides()``), check --out, train, print the
+    final evaluation; errors and a Ctrl-C/SIGTERM stop become one-line messages."""
+    from repalign.train.checkpoint import CheckpointError
+    from repalign.train.config import load_config
+    from repalign.train.interrupt import RunInterrupted
+
     try:
-        cfg = load_config(FinetuneConfig, config, [*flags, *(overrides or [])])
+        cfg = load_config(config_class, config, overrides())
         _check_run(cfg.out, cfg.loop.device, resume=resume, overwrite=overwrite)
-        result = run_finetuning(cfg, resume=resume)
+        result = run(cfg, resume=resume)
     except RunInterrupted as err:
         raise _interrupted(err) from None
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, CheckpointError) as err:
