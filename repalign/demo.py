@@ -30,8 +30,9 @@ import torch
 import xarray as xr
 
 from repalign.compare import MetricRequest, compare
-from repalign.demo_summary import SummaryInputs, matched_rows, write_summary
+from repalign.demo_summary import SummaryInputs, write_summary
 from repalign.store.plot import plot_scores
+from repalign.store.score_summary import matched_rows
 from repalign.store.scores import write_scores
 
 log = logging.getLogger(__name__)

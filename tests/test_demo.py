@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from repalign.cli.main import app
 from repalign.demo import DemoConfig, shuffled_alignment, train_models
-from repalign.demo_summary import HEADLINE, matched_rows
+from repalign.demo_summary import HEADLINE
 from repalign.store.features import open_features
+from repalign.store.score_summary import matched_rows
 from repalign.store.scores import open_scores
 
 

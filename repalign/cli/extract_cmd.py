@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from repalign.cli._errors import fail, stderr
@@ -205,6 +206,47 @@ def extract(
     Console().print(msg, highlight=False)
 
 
+def _score_file_info(path: Path) -> None:
+    """``repalign info SCORES.nc``: what was compared, how, and the depth-matched scores."""
+    from repalign.store.score_summary import matched_rows
+    from repalign.store.scores import open_scores
+
+    try:
+        ds = open_scores(path)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    a, config = ds.attrs, json.loads(ds.attrs.get("config_json", "{}"))
+    console = Console(width=200)
+    console.print(f"[bold]{escape(str(path))}[/]  score file: {ds.sizes['metric']} metric(s) x "
+                  f"{ds.sizes['layer_a']} x {ds.sizes['layer_b']} layer pairs, "
+                  f"{a.get('n_samples', '?')} samples", highlight=False)  # fmt: skip
+    prov = Table(show_header=False, title="provenance")
+    files = ", ".join(json.loads(a.get("feature_files", "[]")))
+    settings = ", ".join(f"{k} {config[k]}" for k in ("permutations", "bootstrap", "level",
+                         "stats_pairs", "seed", "device") if k in config)  # fmt: skip
+    for key, value in (("models", f"{a.get('model_a', '')} vs {a.get('model_b', '')}"),
+                       ("feature files", files), ("statistics", settings),
+                       ("created", a.get("created", "")),
+                       ("repalign_version", a.get("repalign_version", ""))):  # fmt: skip
+        prov.add_row(key, escape(str(value)))
+    console.print(prov)
+    for label in ds["metric"].values:
+        m = ds.sel(metric=label)
+        direction = "higher" if int(m["higher_is_more_similar"]) else "lower"
+        table = Table(title=escape(f"{label}: depth-matched pairs ({direction} = more similar)"))
+        for col in ("layer a", "layer b", "depth", "score", "interval", "null mean ± sd", "p"):
+            table.add_column(col, justify="right" if col not in ("layer a", "layer b") else "left")
+        for r in matched_rows(ds, str(label)):
+            interval = f"[{r.ci_low:.3f}, {r.ci_high:.3f}]" if r.ci_low == r.ci_low else ""
+            null = f"{r.null_mean:.3f} ± {r.null_std:.3f}" if r.null_mean == r.null_mean else ""
+            p = f"{r.pvalue:.3g}" if r.pvalue == r.pvalue else ""
+            table.add_row(
+                r.layer_a, r.layer_b, f"{r.depth:.2f}", f"{r.score:.3f}", interval, null, p
+            )
+        console.print(table)
+    console.print("draw them: repalign plot " + str(path), highlight=False)
+
+
 def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | None, Path, str]:
     """Under ``torchrun`` (WORLD_SIZE > 1) each rank extracts its own shard into its own file
     (``OUT.shardKofN.nc``) on its own GPU, unless ``--shard`` was given explicitly.
@@ -227,11 +269,19 @@ def _torchrun_shard(shard: str | None, out: Path, device: str) -> tuple[str | No
 
 
 def info(
-    path: Path = typer.Argument(..., help="A feature file written by `repalign extract`."),
+    path: Path = typer.Argument(
+        ..., help="A feature file (`repalign extract`) or a score file (`repalign compare`)."
+    ),
 ) -> None:
-    """Print a feature file's dimensions, layers and provenance."""
+    """Print a feature file's layers and provenance, or a score file's metrics,
+    provenance and depth-matched scores."""
     from repalign.store import schema
     from repalign.store.features import open_features, skipped_samples
+    from repalign.store.score_summary import is_score_file
+
+    if path.is_file() and is_score_file(path):
+        _score_file_info(path)
+        return
 
     logging.getLogger("repalign.store.features").setLevel(
         logging.ERROR

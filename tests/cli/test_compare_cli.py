@@ -152,3 +152,23 @@ def test_plot_default_name_from_a_glob_has_no_wildcards(tmp_path, feats):
     assert res.exit_code == 0, res.output
     written = sorted(p.name for p in tmp_path.glob("*.png"))
     assert written == ["run-heatmap.png"], written
+
+
+def test_info_on_a_score_file_prints_each_metrics_depth_matched_pairs(tmp_path, feats):
+    out = tmp_path / "scores.nc"
+    res = _run(
+        "compare", feats, "-m", "cka", "--unbiased", "--layers-a", "text.*",
+        "--layers-b", "vision.*", "--permutations", "9", "--bootstrap", "5", "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["info", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    text = res.output
+    assert "score file: 1 metric(s) x 3 x 3 layer pairs" in text
+    assert "cka[unbiased=true]: depth-matched pairs (higher = more similar)" in text
+    assert "permutations 9, bootstrap 5" in text
+    ds = open_scores(out).sel(metric="cka[unbiased=true]")
+    for k in range(3):  # the matched pair of text.layer.k is vision.layer.k (same depth)
+        score = float(ds.score.sel(layer_a=f"text.layer.{k}", layer_b=f"vision.layer.{k}"))
+        assert f"{score:.3f}" in text
+    assert "0.1 " in text  # p = 1/10, the floor of 9 permutations
