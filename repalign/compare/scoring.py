@@ -13,7 +13,9 @@ import torch
 from rich.progress import Progress
 
 from repalign._progress import task_progress
-from repalign.store.scores import LayerAxis, MetricScores, metric_label
+from repalign.store.scores import MetricScores, matched_pairs, metric_label
+
+__all__ = ["MetricRequest", "matched_pairs", "metric_scores", "parse_requests", "score_layers"]
 
 
 @dataclass(frozen=True)
@@ -72,29 +74,6 @@ def metric_scores(
         score=score,
         stats=dict(stats or {}),
     )
-
-
-def matched_pairs(
-    axis_a: LayerAxis, axis_b: LayerAxis, same: bool = False
-) -> list[tuple[int, int]]:
-    """Pairs ``(i, j)`` matching each layer of A to the layer of B at the nearest relative depth.
-
-    Matching happens separately for every stream of B (a text layer is matched to
-    its nearest vision layer and to its nearest fused layer). With ``same`` (both
-    axes from one file) a layer is never matched with itself. These are the pairs
-    a depth profile plots.
-    """
-    pairs = []
-    for i, (name_a, depth_a) in enumerate(zip(axis_a.names, axis_a.depths, strict=True)):
-        for stream in dict.fromkeys(axis_b.streams):
-            candidates = [
-                j
-                for j, (name_b, s) in enumerate(zip(axis_b.names, axis_b.streams, strict=True))
-                if s == stream and not (same and name_b == name_a)
-            ]
-            if candidates:
-                pairs.append((i, min(candidates, key=lambda j: abs(axis_b.depths[j] - depth_a))))
-    return pairs
 
 
 def score_layers(

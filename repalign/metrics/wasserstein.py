@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ot
 import torch
 
 from repalign._numerics import center as center_columns
@@ -73,6 +72,8 @@ def _plan_cost(
 
 
 def _wd_combine(a: UnitsState, b: UnitsState, *, center: bool = True) -> torch.Tensor:
+    import ot  # imported here: POT pulls in scikit-learn, about 1 s that other metrics never need
+
     cost = unit_cost_matrix(a, b)
     d1, d2 = cost.shape
     # POT's network simplex runs on the host: its torch backend copies the cost

@@ -29,7 +29,7 @@ from matplotlib.patches import Rectangle
 from repalign._suggest import did_you_mean
 from repalign.store.paths import atomic_path
 from repalign.store.schema import METRIC_DIM
-from repalign.store.scores import from_one_file, layer_axis
+from repalign.store.scores import from_one_file, layer_axis, matched_pairs
 
 #: cells per side up to which each heatmap cell is annotated with its value
 ANNOTATE_MAX = 14
@@ -239,8 +239,6 @@ def profile(ds: xr.Dataset, metrics: Sequence[str] | None = None) -> Figure:
     Shaded: the bootstrap interval when present; dashed grey: the permutation
     null mean with a band of two null standard deviations.
     """
-    from repalign.compare import matched_pairs
-
     ds = _with_metric_dim(ds)
     names = _metrics(ds, metrics)
     axis_a, axis_b = layer_axis(ds, "a"), layer_axis(ds, "b")

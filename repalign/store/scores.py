@@ -86,6 +86,29 @@ def layer_axis(ds: xr.Dataset, side: str) -> LayerAxis:
     )
 
 
+def matched_pairs(
+    axis_a: LayerAxis, axis_b: LayerAxis, same: bool = False
+) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)`` matching each layer of A to the layer of B at the nearest relative depth.
+
+    Matching happens separately for every stream of B (a text layer is matched to
+    its nearest vision layer and to its nearest fused layer). With ``same`` (both
+    axes from one file) a layer is never matched with itself. These are the pairs
+    a depth profile plots.
+    """
+    pairs = []
+    for i, (name_a, depth_a) in enumerate(zip(axis_a.names, axis_a.depths, strict=True)):
+        for stream in dict.fromkeys(axis_b.streams):
+            candidates = [
+                j
+                for j, (name_b, s) in enumerate(zip(axis_b.names, axis_b.streams, strict=True))
+                if s == stream and not (same and name_b == name_a)
+            ]
+            if candidates:
+                pairs.append((i, min(candidates, key=lambda j: abs(axis_b.depths[j] - depth_a))))
+    return pairs
+
+
 def from_one_file(ds: xr.Dataset) -> bool:
     """Whether both layer axes of ``ds`` come from one feature file.
 
