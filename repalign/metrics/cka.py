@@ -43,9 +43,9 @@ class CKAState:
     ub_kernel: UnbiasedState | None = None
     ub_linear: LinearUnbiasedParts | None = None
     self_hsic: torch.Tensor | None = None
-    # permuted copies of one layer meet the same partner many times: its Gram, once
-    # computed, makes every further cross term O(n²) instead of O(n·d1·d2)
-    prefer_gram: bool = False
+    # a derived (permuted or resampled) layer can cut its Gram from the prepared layer's:
+    # (prepared state, row indices, re-center the cut); done only if a pair asks for it
+    gram_source: tuple[CKAState, torch.Tensor, bool] | None = None
 
     @property
     def width(self) -> int:
@@ -53,7 +53,12 @@ class CKAState:
 
     def linear_gram(self) -> torch.Tensor:
         if self.gram is None:
-            self.gram = self.xc @ self.xc.T
+            if self.gram_source is not None:
+                source, rows, recenter = self.gram_source
+                gram = _permute_square(source.linear_gram(), rows)
+                self.gram = double_center(gram) if recenter else gram
+            else:
+                self.gram = self.xc @ self.xc.T
         return self.gram
 
 
@@ -64,12 +69,36 @@ def _check_kernel_options(kernel: str, unbiased: bool, n: int) -> None:
         check_rows(n, 4, "the unbiased HSIC estimator of Song et al. 2012 divides by n(n-3)")
 
 
+# Route costs in multiply-adds. One element of a gather or of an elementwise pass over an
+# n x n matrix costs about this many GEMM multiply-adds (CPU, float64, one thread: a
+# 1000 x 1000 gather 2.5 ns per element, 6 ns at 4000 x 4000; a GEMM 0.04 ns per
+# multiply-add; benchmarks/results/cpu_cka_routes.txt).
+_PASS_COST = 64
+
+
+def _gram_cost(s: CKAState, partner: CKAState) -> float:
+    """Multiply-adds to have ``s``'s Gram matrix ready for a pair with ``partner``."""
+    n = s.n
+    if s.gram is not None:
+        return 0.0
+    if s.gram_source is not None:  # two gathers, and a re-centering (three passes)
+        return _PASS_COST * n * n * (5 if s.gram_source[2] else 2)
+    if partner.gram_source is not None and n * n * s.xc.element_size() <= _PERMUTE_GRAM_BYTES:
+        # a prepared layer met by a derived one: its Gram, once made, serves every draw
+        return 0.0
+    return float(n * n * s.width)
+
+
 def _linear_cross_sq(a: CKAState, b: CKAState) -> torch.Tensor:
     """‖XcᵀYc‖²_F = <XXᵀ, YYᵀ>, by whichever route costs fewer multiply-adds."""
     n = a.n
-    feature_cost = n * a.width * b.width
-    gram_cost = n * n * (a.width * (a.gram is None) + b.width * (b.gram is None) + 1)
-    if gram_cost < feature_cost or a.prefer_gram or b.prefer_gram:
+    if a is b:
+        gram_cost = _gram_cost(a, a) + n * n
+        feature_cost = n * a.width * a.width * (0.75 if a.width >= 64 else 1.0)
+    else:
+        gram_cost = _gram_cost(a, b) + _gram_cost(b, a) + n * n
+        feature_cost = n * a.width * b.width
+    if gram_cost < feature_cost:
         return torch.vdot(a.linear_gram().reshape(-1), b.linear_gram().reshape(-1))
     if a is b:
         return _self_fro_sq(a.xc)
@@ -129,7 +158,8 @@ def _cka_prepare(
     return state
 
 
-# permuted Grams are used for permutation tests while one n x n matrix takes at most this
+# a derived layer may cut its Gram from its prepared layer's while one n x n matrix takes
+# at most this
 _PERMUTE_GRAM_BYTES = 256 * 1024**2
 
 
@@ -139,18 +169,25 @@ def _permute_square(m: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return m.index_select(0, perm).index_select(1, perm)
 
 
+def _gram_source(
+    state: CKAState, rows: torch.Tensor, recenter: bool
+) -> tuple[CKAState, torch.Tensor, bool] | None:
+    if state.n * state.n * state.xc.element_size() <= _PERMUTE_GRAM_BYTES:
+        return (state, rows, recenter)
+    return None
+
+
 def _cka_permute(state: CKAState, perm: torch.Tensor) -> CKAState:
     """The state of ``x[perm]``: every per-layer part reordered, HSIC(K, K) unchanged.
 
-    A linear layer small enough (n² within 256 MiB) is permuted as its Gram matrix, and
-    the partner's Gram is then computed once: each permuted cross term costs O(n²).
+    A linear layer keeps its permuted features, and may cut its permuted Gram from the
+    prepared layer's (n² within 256 MiB): each pair takes the cheaper route (a permuted
+    cross product, O(n·d1·d2), or an inner product of Grams, O(n²) after the cut).
     """
     out = CKAState(state.kernel, state.unbiased, state.n, self_hsic=state.self_hsic)
     if state.kernel == "linear":
         out.xc = state.xc[perm]
-        if state.n * state.n * state.xc.element_size() <= _PERMUTE_GRAM_BYTES:
-            out.gram = _permute_square(state.linear_gram(), perm)
-            out.prefer_gram = True
+        out.gram_source = _gram_source(state, perm, False)
         if state.unbiased:
             out.ub_linear = state.ub_linear.permuted(perm)
     elif state.unbiased:
@@ -162,24 +199,27 @@ def _cka_permute(state: CKAState, perm: torch.Tensor) -> CKAState:
 
 def _cka_resample(state: CKAState, x: torch.Tensor, idx: torch.Tensor) -> CKAState | None:
     """The state of rows ``idx`` (a bootstrap resample) for linear CKA, from the layer's
-    centered Gram ``K``, so a resample costs O(m²), not O(m·d²): biased, the re-centered
-    rows have Gram ``H K[idx, idx] H``; unbiased, HSIC is the same for any translation of
-    the rows, so ``K[idx, idx]`` serves as it is (as a precomputed kernel). ``None`` for
-    RBF kernels (the bandwidth depends on the resample) or a Gram over the budget."""
+    centered features ``Xc``: biased, the rows ``Xc[idx]`` re-centered, whose Gram is
+    ``H K[idx, idx] H``; unbiased, HSIC is the same for any translation of the rows, so
+    ``Xc[idx]`` serves as it is (Gram ``K[idx, idx]``). The Gram is cut from the layer's
+    only where a pair's cheaper route needs it (n² within 256 MiB). ``None`` for RBF
+    kernels (the bandwidth depends on the resample)."""
     if state.kernel != "linear":
         return None
-    if state.n * state.n * state.xc.element_size() > _PERMUTE_GRAM_BYTES:
-        return None
-    gram = _permute_square(state.linear_gram(), idx)
+    rows = state.xc[idx]
+    if bool((rows == rows[:1]).all()):
+        raise ValueError("a resample with every row equal has no variance")
+    recenter = not state.unbiased
+    out = CKAState("linear", state.unbiased, len(idx))
+    out.xc = center(rows) if recenter else rows
+    out.gram_source = _gram_source(state, idx, recenter)
+    self_sq = _linear_cross_sq(out, out)
     if state.unbiased:
-        parts = UnbiasedState.from_kernel(gram)
-        self_hsic = unbiased_hsic(parts, parts)
-        out = CKAState("resampled-gram", True, len(idx), ub_kernel=parts, self_hsic=self_hsic)
+        out.ub_linear = LinearUnbiasedParts.from_features(out.xc)
+        out.self_hsic = linear_unbiased_hsic(self_sq, out.ub_linear, out.ub_linear, out.n)
     else:
-        gram = double_center(gram)
-        self_hsic = torch.vdot(gram.reshape(-1), gram.reshape(-1))
-        out = CKAState("linear", False, len(idx), gram=gram, self_hsic=self_hsic, prefer_gram=True)
-    if not bool(self_hsic > 0):
+        out.self_hsic = self_sq
+    if not bool(out.self_hsic > 0):
         raise ValueError("a resample with every row equal has no variance")
     return out
 
