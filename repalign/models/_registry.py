@@ -29,6 +29,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "repalign.models.timm_vision",
     "repalign.models.bert_vit",
     "repalign.models.vilbert.adapter",
+    "repalign.models.module",
 )
 
 _ADAPTERS: dict[str, type[Adapter]] = {}

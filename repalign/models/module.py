@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from repalign.data.base import Sample
+from repalign.models._registry import register_adapter
 from repalign.models.base import Adapter, LayerInfo, Layout, Stream, config_json
 from repalign.models.module_inputs import IMAGENET_MEAN, IMAGENET_STD, default_collate
 from repalign.models.module_layers import module_layers
@@ -56,6 +57,7 @@ def state_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+@register_adapter
 class ModuleAdapter(Adapter):
     """Any ``nn.Module`` with the layers you name; see the module docstring.
 
@@ -90,7 +92,10 @@ class ModuleAdapter(Adapter):
     """
 
     name = "module"
-    description = "any nn.Module built in Python (ModuleAdapter(model, layers, stream=...))"
+    description = (
+        "any nn.Module: ModuleAdapter(model, layers, stream=...) in Python, or "
+        "--vision-model/--text-model package.module:callable"
+    )
 
     def __init__(
         self,
@@ -147,12 +152,39 @@ class ModuleAdapter(Adapter):
         ckpt: str | None = None,
         text_model: str | None = None,
         vision_model: str | None = None,
+        layers: Sequence[str] | Mapping[str, str] | None = None,
+        factory_args: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> ModuleAdapter:
-        raise TypeError(
-            "ModuleAdapter wraps a model you have already built and cannot be loaded by name; "
-            "construct it in Python: ModuleAdapter(model, ['layer1', ...], stream='vision')"
-        )
+        """From the command line: ``--vision-model package.module:callable`` (or
+        ``--text-model``, which also sets the stream) builds the model, called with the
+        ``factory_args`` mapping; ``--ckpt`` optionally holds its weights (a state dict,
+        ``.safetensors`` or a torch file read with ``weights_only=True``). ``layers``
+        defaults to every top-level submodule; other options go to the constructor
+        (``image_size``, ``layout`` ...).
+
+        ``repalign extract --model module --vision-model torchvision.models:resnet18
+        --model-arg 'layers=["layer1","layer4"]' --model-arg image_size=64 ...``
+        """
+        from repalign.models.module_factory import build_from_factory, load_weights
+
+        if bool(text_model) == bool(vision_model):
+            raise ValueError(
+                "the module adapter needs one model factory, as --vision-model or --text-model "
+                "package.module:callable (e.g. torchvision.models:resnet18); in Python, "
+                "construct ModuleAdapter(model, layers, stream=...) directly"
+            )
+        stream: Stream = "text" if text_model else "vision"
+        spec = str(text_model or vision_model)
+        model = build_from_factory(spec, factory_args)
+        if ckpt:
+            load_weights(model, ckpt)
+        if layers is None:
+            layers = [name for name, _ in model.named_children()]
+        if isinstance(layers, str):
+            layers = [layers]
+        options.setdefault("name", f"module:{spec}")
+        return cls(model, layers, stream=stream, checkpoint=ckpt or "", **options)
 
     def layers(self) -> list[LayerInfo]:
         return list(self._layers)

@@ -233,8 +233,8 @@ def test_missing_preprocessing_and_bad_collate_outputs_are_explained():
         adapter.collate(_images(1))
     with pytest.raises(ValueError, match="needs an image for every sample"):
         ModuleAdapter(TinyCNN(), ["stem"], stream="vision").collate([Sample("t", "a cat")])
-    with pytest.raises(TypeError, match="construct it in Python"):
-        ModuleAdapter.load(vision_model="resnet18")
+    with pytest.raises(ValueError, match="must look like package.module:callable"):
+        ModuleAdapter.load(vision_model="resnet18")  # a name, not a factory
 
 
 def test_a_module_run_twice_per_forward_is_refused():
