@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import xarray as xr
 
-from repalign.compare.scoring import matched_pairs
 from repalign.store.schema import METRIC_DIM
-from repalign.store.scores import from_one_file, layer_axis
+from repalign.store.scores import from_one_file, layer_axis, matched_pairs
 
 _NAN = float("nan")
 
@@ -36,7 +35,7 @@ class MatchedRow:
 
 
 def matched_rows(ds: xr.Dataset, metric: str) -> list[MatchedRow]:
-    """The depth-matched pairs of ``ds`` (see :func:`repalign.compare.matched_pairs`) by depth."""
+    """The depth-matched pairs of ``ds`` (see :func:`repalign.store.scores.matched_pairs`) by depth."""
     m = ds.sel(metric=metric)
     rows = []
     for i, j in matched_pairs(layer_axis(ds, "a"), layer_axis(ds, "b"), same=from_one_file(ds)):
