@@ -76,6 +76,12 @@ def compare_cmd(
     bootstrap: int = typer.Option(
         0, "--bootstrap", min=0, help="Bootstrap resamples per layer pair (adds ci_low, ci_high)."
     ),
+    stats_pairs: str = typer.Option(
+        "all",
+        "--stats-pairs",
+        help="all | matched: statistics for every layer pair, or only for the depth-matched "
+        "pairs a profile plots (much cheaper on large grids).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of permutations and resamples."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     align_on_ids: bool = typer.Option(
@@ -133,6 +139,7 @@ def compare_cmd(
                 layers_b=layers_b or None,
                 permutations=permutations,
                 bootstrap=bootstrap,
+                stats_pairs=stats_pairs,
                 seed=seed,
                 device=device,
                 align_on_ids=align_on_ids,

@@ -123,7 +123,10 @@ def compare(
     if not 1 <= len(files) <= 2:
         raise ValueError(f"compare takes one or two feature files, got {len(files)}")
     if stats_pairs not in ("all", "matched"):
-        raise ValueError(f"stats_pairs must be 'all' or 'matched', got {stats_pairs!r}")
+        raise ValueError(
+            f"stats_pairs (--stats-pairs) must be 'all' (every layer pair) or 'matched' "
+            f"(the depth-matched pairs), got {stats_pairs!r}"
+        )
     for name, value in (("permutations", permutations), ("bootstrap", bootstrap)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
