@@ -70,9 +70,10 @@ def _check_kernel_options(kernel: str, unbiased: bool, n: int) -> None:
 
 
 # Route costs in multiply-adds. One element of a gather or of an elementwise pass over an
-# n x n matrix costs about this many GEMM multiply-adds (CPU, float64, one thread: a
-# 1000 x 1000 gather 2.5 ns per element, 6 ns at 4000 x 4000; a GEMM 0.04 ns per
-# multiply-add; benchmarks/results/cpu_cka_routes.txt).
+# n x n matrix costs about this many GEMM multiply-adds (CPU, float64, one thread: a gather
+# 2.5-18 ns per element at n = 1000-4000, a GEMM 0.04-0.13 ns per multiply-add, depending
+# on n and the machine's load; the chosen route was the fastest, or within 20% of it, in
+# every shape of benchmarks/results/cpu_cka_routes.txt).
 _PASS_COST = 64
 
 
