@@ -97,7 +97,8 @@ def score_layers(
     ``stat_cells`` (all cells when ``None``), NaN elsewhere.
     Returns ``(request, score, stats)`` per metric, arrays ``(len(xs), len(ys))``.
     """
-    from repalign.metrics import get_metric, pairwise
+    from repalign.metrics import get_metric
+    from repalign.metrics.grid import pairwise_prepared
 
     specs = [get_metric(m.name) for m in metrics]
     for m, spec in zip(metrics, specs, strict=True):
@@ -115,14 +116,20 @@ def score_layers(
         for req, spec in zip(metrics, specs, strict=True):
             bar.update(task, description=f"{req.label}: {shape[0]}x{shape[1]} layer pairs")
             opts = dict(req.options)
-            grid = pairwise(xs, None if same else ys, metric=req.name, **opts)
+            grid, states_x, states_y = pairwise_prepared(
+                xs, None if same else ys, metric=req.name, **opts
+            )
             score = grid.detach().to("cpu", torch.float64).numpy()
             stats: dict[str, np.ndarray] = {}
-            if do_stats:
+            if do_stats:  # the statistics reuse the layers' prepared states
+                prepared = {("x", a): s for a, s in zip(names_x, states_x, strict=True)}
+                if not same:
+                    prepared.update({("y", b): s for b, s in zip(names_y, states_y, strict=True)})
                 stats = _cell_stats(
-                    req, spec, xs, ys, stat_cells, bar,
+                    req, spec, xs, ys, stat_cells, bar, prepared,
                     permutations=permutations, bootstrap=bootstrap, level=level, seed=seed,
                 )  # fmt: skip
+            del states_x, states_y
             results.append((req, score, stats))
             bar.advance(task)
     return results
@@ -141,6 +148,7 @@ def _cell_stats(
     ys: Mapping[str, torch.Tensor] | None,
     cells: Sequence[tuple[int, int]],
     bar: Progress,
+    prepared: Mapping[tuple[str, str], Any],
     *,
     permutations: int,
     bootstrap: int,
@@ -151,9 +159,10 @@ def _cell_stats(
 
     All cells share each layer's preparation and each draw's permuted or resampled layer
     states; the same seed for every cell, so all face the same permutations and resamples.
-    A symmetric metric scores a cell and its mirror once.
+    A symmetric metric scores a cell and its mirror once. ``prepared``: the layers' states
+    from scoring the grid, keyed like the layers (``("x", name)``, ``("y", name)``).
     """
-    from repalign.metrics import pair_statistics
+    from repalign.metrics.stats import statistics_of_prepared
 
     same = ys is None
     names_x, names_y = list(xs), list(xs if same else ys)
@@ -168,9 +177,10 @@ def _cell_stats(
             key = (j, i)
         pairs.setdefault(key, (("x", names_x[key[0]]), (side_y, names_y[key[1]])))
     task = bar.add_task(f"  {req.label} statistics", total=permutations + bootstrap)
-    out = pair_statistics(
-        req.name, layers, list(pairs.values()), permutations=permutations, bootstrap=bootstrap,
-        level=level, seed=seed, on_draw=lambda: bar.advance(task), **dict(req.options),
+    out = statistics_of_prepared(
+        req.name, layers, list(pairs.values()), prepared, permutations=permutations,
+        bootstrap=bootstrap, level=level, seed=seed, on_draw=lambda: bar.advance(task),
+        **dict(req.options),
     )  # fmt: skip
     bar.remove_task(task)
     shape = (len(names_x), len(names_y))

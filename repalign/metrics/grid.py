@@ -80,6 +80,22 @@ def pairwise(
     metrics that can score the whole grid in one matrix product do so. For a
     symmetric metric and ``ys=None`` only the upper triangle is computed.
     """
+    return pairwise_prepared(xs, ys, metric=metric, dtype=dtype, progress=progress, **options)[0]
+
+
+def pairwise_prepared(
+    xs: Layers,
+    ys: Layers | None = None,
+    *,
+    metric: str = "cka",
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+    **options: Any,
+) -> tuple[torch.Tensor, list[Any], list[Any]]:
+    """:func:`pairwise`, also returning the prepared states of ``xs`` and ``ys`` (in order;
+    the same list twice when ``ys`` is ``None``), so that statistics on the same layers
+    (:func:`repalign.metrics.stats.pair_statistics` with ``states``) need not prepare
+    them again."""
     spec = get_metric(metric)
     spec.check_options(options)
     check_compute_dtype(dtype)
@@ -99,7 +115,7 @@ def pairwise(
     states_x = _prepare_all(spec, names_x, all_x, options)
     states_y = states_x if same else _prepare_all(spec, names_y, all_y, options)
     if spec.grid is not None:
-        return spec.grid(states_x, states_y, same=same, **options)
+        return spec.grid(states_x, states_y, same=same, **options), states_x, states_y
 
     out = torch.empty(len(states_x), len(states_y), dtype=dtype, device=all_x[0].device)
     pairs = [
@@ -115,4 +131,4 @@ def pairwise(
             if same and spec.symmetric:
                 out[j, i] = out[i, j]
             bar.advance(task)
-    return out
+    return out, states_x, states_y

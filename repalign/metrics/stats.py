@@ -139,6 +139,29 @@ def pair_statistics(
     each resample (a progress bar). Memory: each layer's prepared state, plus at most
     one permuted or resampled state per layer at a time.
     """
+    return statistics_of_prepared(
+        metric, layers, pairs, {}, permutations=permutations, bootstrap=bootstrap,
+        level=level, seed=seed, dtype=dtype, on_draw=on_draw, **options,
+    )  # fmt: skip
+
+
+def statistics_of_prepared(
+    metric: str | MetricSpec,
+    layers: Mapping[Hashable, Any],
+    pairs: Sequence[Pair],
+    states: Mapping[Hashable, Any],
+    *,
+    permutations: int = 0,
+    bootstrap: int = 0,
+    level: float = 0.95,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    on_draw: Callable[[], None] | None = None,
+    **options: Any,
+) -> dict[Pair, dict[str, torch.Tensor]]:
+    """:func:`pair_statistics`, given some layers' prepared ``states`` (``spec.prepare`` of
+    the same rows, dtype and options, e.g. from :func:`repalign.metrics.grid.pairwise_prepared`
+    scoring the grid); only the other layers are prepared."""
     spec = _spec(metric)
     spec.check_options(options)
     if permutations < 0 or bootstrap < 0:
@@ -151,7 +174,7 @@ def pair_statistics(
         raise ValueError("bootstrap needs at least 2 resamples, got 1")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    grid = _PreparedGrid(spec, _checked_layers(spec, layers, pairs, dtype), options)
+    grid = _PreparedGrid(spec, _checked_layers(spec, layers, pairs, dtype), options, states)
     results = grid.observed(list(dict.fromkeys(pairs)))
     tick = on_draw or (lambda: None)
     if permutations:
@@ -192,10 +215,18 @@ class _PreparedGrid:
     """Validated layers, each prepared once, and the draws that statistics score on them."""
 
     def __init__(
-        self, spec: MetricSpec, rows: dict[Hashable, torch.Tensor], options: dict[str, Any]
+        self,
+        spec: MetricSpec,
+        rows: dict[Hashable, torch.Tensor],
+        options: dict[str, Any],
+        states: Mapping[Hashable, Any] | None = None,
     ) -> None:
         self.spec, self.rows, self.options = spec, rows, options
-        self.states = {name: spec.prepare(x, **options) for name, x in rows.items()}
+        given = states or {}
+        self.states = {
+            name: given[name] if name in given else spec.prepare(x, **options)
+            for name, x in rows.items()
+        }
         first = next(iter(rows.values()))
         self.n, self.device, self.dtype = first.shape[0], first.device, first.dtype
 
