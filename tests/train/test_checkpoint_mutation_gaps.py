@@ -68,3 +68,13 @@ def test_a_leftover_temporary_directory_from_an_interrupted_save_is_replaced(tmp
     path = save_checkpoint(tmp_path / "ck", {"w": torch.ones(2)}, {})
     assert not (path / "junk.bin").exists() and not stale.exists()
     verify_checkpoint(path)
+
+
+def test_a_state_dict_missing_a_weight_is_refused_with_the_name():
+    """A missing key alone (no unexpected or mis-shaped one) must give the named
+    CheckpointError, not torch's strict-loading RuntimeError."""
+    from repalign.train.checkpoint import load_into
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"missing 1 \(e.g. \['bias'\]\)"):
+        load_into(model, {"weight": torch.zeros(2, 2)}, source="ck")
