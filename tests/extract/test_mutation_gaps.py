@@ -3,6 +3,7 @@ mutant (a small plausible bug) that the rest of the suite let through."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,23 @@ def test_masked_mean_with_prefix_tokens_aligns_the_mask_with_the_tokens():
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
     out = pool(hidden, "mean", mask=mask, num_prefix_tokens=1)
     torch.testing.assert_close(out, torch.tensor([[20.0]]))  # mean of 10, 20, 30
+
+
+def test_tokens_pooling_refuses_an_already_pooled_output():
+    """A (B, D) output has no token sequence: `tokens` is an error, cls/mean pass it on."""
+    pooled = torch.randn(2, 4)
+    torch.testing.assert_close(pool(pooled, "mean"), pooled)
+    with pytest.raises(ValueError, match="expected a \\(batch, tokens, width\\)"):
+        pool(pooled, "tokens")
+
+
+def test_a_derived_layer_has_no_token_sequence():
+    available = [
+        LayerInfo("pair.0", "pair", "text", 1, 0.5, output_index=0),
+        LayerInfo("pair.1", "pair", "text", 1, 0.5, output_index=1),
+    ]
+    both = LayerInfo("both", "", "fused", 1, 0.5, sources=("pair.0", "pair.1"))
+    m = Outputs()
+    with record(m, [both], "tokens", available=available) as rec, torch.no_grad():
+        with pytest.raises(ValueError, match="has no token sequence"):
+            rec.run(lambda: m(torch.randn(2, 3, 4)))

@@ -186,3 +186,34 @@ def test_a_constant_resample_is_drawn_again_for_a_metric_without_a_resample_hook
     x = x + 1e-3 * torch.arange(12, dtype=torch.float64).reshape(4, 3) ** 2
     out = bootstrap_ci("cca", x, x.flip(0), n_boot=20, seed=0)
     assert out["boot"].isfinite().all()
+
+
+def test_permutation_null_mean_is_the_mean_of_the_null():
+    x, y = related_pair(30, 4, 3)
+    out = permutation_test("cka", x, y, n_permutations=6)
+    assert float(out["null_mean"]) == pytest.approx(float(out["null"].mean()), rel=1e-12)
+
+
+def test_knn_states_prepared_with_different_k_are_not_combined():
+    """combine is public through the registry (get_metric(...).combine)."""
+    spec = get_metric("mutual_knn")
+    x, y = related_pair(30, 4, 3)
+    with pytest.raises(ValueError, match="same n and k"):
+        spec.combine(spec.prepare(x, k=3), spec.prepare(y, k=5))
+
+
+def test_cca_rank_tolerance_scales_with_the_larger_dimension_as_numpy():
+    """A direction 7e-15 of the largest is rounding noise for n = 100 rows (NumPy's
+    s_max · max(n, d) · eps); with min(n, d) it was kept and scored as a real direction."""
+    z = torch.randn(100, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.stack([z[:, 0], z[:, 0] + 1e-14 * z[:, 1]], 1)
+    y = torch.stack([z[:, 0], z[:, 2]], 1)
+    assert float(cca(x, y)) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_streaming_needs_two_rows_and_says_so():
+    from repalign.metrics.streaming import StreamingCKA
+
+    acc = StreamingCKA().update(torch.ones(1, 3), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        acc.compute()

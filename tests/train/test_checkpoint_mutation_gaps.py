@@ -78,3 +78,17 @@ def test_a_state_dict_missing_a_weight_is_refused_with_the_name():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(CheckpointError, match=r"missing 1 \(e.g. \['bias'\]\)"):
         load_into(model, {"weight": torch.zeros(2, 2)}, source="ck")
+
+
+def test_a_run_directory_resolves_to_its_last_checkpoint(tmp_path):
+    save_checkpoint(tmp_path / "run" / "last", {"w": torch.arange(3.0)}, {"step": 7})
+    state, config = load_model_weights(tmp_path / "run")
+    assert torch.equal(state["w"], torch.arange(3.0)) and config == {"step": 7}
+
+
+def test_a_weights_only_checkpoint_cannot_be_resumed(tmp_path):
+    from repalign.train.checkpoint import load_trainer_state
+
+    path = save_checkpoint(tmp_path / "ck", {"w": torch.zeros(1)}, {})
+    with pytest.raises(CheckpointError, match="weights only"):
+        load_trainer_state(path)
