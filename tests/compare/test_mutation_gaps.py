@@ -31,3 +31,10 @@ def test_layers_without_a_relative_depth_attr_are_spread_over_zero_to_one():
     axis = describe_layers(ds, ["l*"], where="test.nc")
     assert axis.names == ("l0", "l1", "l2")
     assert axis.depths == (0.0, 0.5, 1.0)
+
+
+def test_selected_layers_keep_the_file_order_not_the_alphabetical_one():
+    from repalign.compare.layers import select_layers
+
+    names = ["text.layer.2", "text.layer.10", "text.layer.1"]
+    assert select_layers(names, ["text.*"], where="f.nc") == names

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from repalign.metrics import bootstrap_ci, cca, cka, get_metric, permutation_test, pwcca, svcca
+from repalign.metrics import (
+    bootstrap_ci,
+    cca,
+    cka,
+    get_metric,
+    pairwise,
+    permutation_test,
+    pwcca,
+    svcca,
+)
 from repalign.metrics import wasserstein as wd
 from repalign.metrics._kernels import (
     UnbiasedState,
@@ -217,3 +226,33 @@ def test_streaming_needs_two_rows_and_says_so():
     acc = StreamingCKA().update(torch.ones(1, 3), torch.ones(1, 2))
     with pytest.raises(ValueError, match="at least 2 rows"):
         acc.compute()
+
+
+def test_pairwise_refuses_too_few_rows_for_the_metric():
+    """mutual k-NN needs 3 rows; with k=1 two rows would otherwise score a trivial 1."""
+    x, y = related_pair(2, 3, 3)
+    with pytest.raises(ValueError, match="needs at least 3 samples"):
+        pairwise([x, y], metric="mutual_knn", k=1)
+
+
+def test_pairwise_refuses_a_constant_layer_even_where_the_metric_would_score_it():
+    """Constant nonzero rows are all cosine-tied: mutual k-NN alone would return a number."""
+    x = related_pair(20, 3, 3)[0]
+    constant = torch.ones(20, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="layer 'flat' is constant"):
+        pairwise({"flat": constant, "x": x}, metric="mutual_knn", k=3)
+
+
+def test_pairwise_names_the_layer_a_metric_cannot_prepare():
+    bad = torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=torch.float64)
+    good = torch.tensor([[1.0], [2.0], [4.0], [3.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="layer 'outlier': HSIC of an input with itself"):
+        pairwise({"ok": good, "outlier": bad}, metric="cka", unbiased=True)
+
+
+def test_pair_statistics_refuses_negative_draw_counts():
+    from repalign.metrics import pair_statistics
+
+    x, y = related_pair(20, 3, 3)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        pair_statistics("cka", {"a": x, "b": y}, [("a", "b")], permutations=-1, bootstrap=5)
