@@ -2,11 +2,11 @@
 
 A permutation test prepares ``x`` once, and the shuffled ``y`` is either re-prepared
 or, for metrics that register ``permute`` (CKA, CCA, SVCCA, PWCCA, mutual k-NN, CKNNA),
-its prepared state is reordered (a permuted Gram, basis or neighbour graph: no SVD,
-kernel or neighbour search per permutation). A bootstrap resample is scored from the
-prepared layers where the metric registers ``resample`` (biased linear CKA: its Gram;
-mutual k-NN and CKNNA: a deeper neighbour list, filtered to the subsample), otherwise by
-preparing the resampled rows.
+its prepared state is reordered (permuted rows or Gram, basis or neighbour graph: no
+SVD, kernel or neighbour search per permutation). A bootstrap resample is scored from the
+prepared layers where the metric registers ``resample`` (linear CKA: its centered rows,
+or its Gram where that route is cheaper; mutual k-NN and CKNNA: a deeper neighbour list,
+filtered to the subsample), otherwise by preparing the resampled rows.
 
 :func:`pair_statistics` does both for many layer pairs at once: each layer is prepared
 once, and each permutation or resample of a layer's state is made once and scored
