@@ -217,8 +217,9 @@ def open_features(
         if "score" in ds.variables and schema.METRIC_DIM in ds.dims:
             raise ValueError(
                 f"{path} is a score file (written by `repalign compare`), not a feature file: "
-                f"draw it with `repalign plot {path}`, or open it in Python with "
-                "repalign.store.scores.open_scores; feature files come from `repalign extract`"
+                f"draw it with `repalign plot {path}`, print it with `repalign info {path}`, or "
+                "open it in Python with repalign.store.scores.open_scores; feature files come "
+                "from `repalign extract`"
             )
         raise ValueError(
             f"{path} has no {schema.SAMPLE_ID!r} variable; it is not a repalign feature file"
