@@ -162,7 +162,7 @@ def _cell_stats(
     A symmetric metric scores a cell and its mirror once. ``prepared``: the layers' states
     from scoring the grid, keyed like the layers (``("x", name)``, ``("y", name)``).
     """
-    from repalign.metrics.stats import statistics_of_prepared
+    from repalign.metrics import pair_statistics
 
     same = ys is None
     names_x, names_y = list(xs), list(xs if same else ys)
@@ -177,10 +177,10 @@ def _cell_stats(
             key = (j, i)
         pairs.setdefault(key, (("x", names_x[key[0]]), (side_y, names_y[key[1]])))
     task = bar.add_task(f"  {req.label} statistics", total=permutations + bootstrap)
-    out = statistics_of_prepared(
-        req.name, layers, list(pairs.values()), prepared, permutations=permutations,
+    out = pair_statistics(
+        req.name, layers, list(pairs.values()), permutations=permutations,
         bootstrap=bootstrap, level=level, seed=seed, on_draw=lambda: bar.advance(task),
-        **dict(req.options),
+        prepared=prepared, **dict(req.options),
     )  # fmt: skip
     bar.remove_task(task)
     shape = (len(names_x), len(names_y))

@@ -126,6 +126,7 @@ def pair_statistics(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     on_draw: Callable[[], None] | None = None,
+    prepared: Mapping[Hashable, Any] | None = None,
     **options: Any,
 ) -> dict[Pair, dict[str, torch.Tensor]]:
     """Permutation null and/or bootstrap interval of every ``(a, b)`` in ``pairs``, ``a``
@@ -136,32 +137,12 @@ def pair_statistics(
     :func:`bootstrap_ci` (``bootstrap`` > 0: ``ci_low``, ``ci_high``, ``boot``,
     ``subsample``) return for it, with the same seed: every pair faces the same
     permutations and resamples. ``on_draw`` is called after each permutation and
-    each resample (a progress bar). Memory: each layer's prepared state, plus at most
-    one permuted or resampled state per layer at a time.
+    each resample (a progress bar). ``prepared`` may hold some layers' states already
+    (``spec.prepare`` of the same rows, dtype and options, e.g. from
+    :func:`repalign.metrics.grid.pairwise_prepared` scoring the grid); only the other
+    layers are prepared. Memory: each layer's prepared state, plus at most one permuted
+    or resampled state per layer at a time.
     """
-    return statistics_of_prepared(
-        metric, layers, pairs, {}, permutations=permutations, bootstrap=bootstrap,
-        level=level, seed=seed, dtype=dtype, on_draw=on_draw, **options,
-    )  # fmt: skip
-
-
-def statistics_of_prepared(
-    metric: str | MetricSpec,
-    layers: Mapping[Hashable, Any],
-    pairs: Sequence[Pair],
-    states: Mapping[Hashable, Any],
-    *,
-    permutations: int = 0,
-    bootstrap: int = 0,
-    level: float = 0.95,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    on_draw: Callable[[], None] | None = None,
-    **options: Any,
-) -> dict[Pair, dict[str, torch.Tensor]]:
-    """:func:`pair_statistics`, given some layers' prepared ``states`` (``spec.prepare`` of
-    the same rows, dtype and options, e.g. from :func:`repalign.metrics.grid.pairwise_prepared`
-    scoring the grid); only the other layers are prepared."""
     spec = _spec(metric)
     spec.check_options(options)
     if permutations < 0 or bootstrap < 0:
@@ -174,7 +155,7 @@ def statistics_of_prepared(
         raise ValueError("bootstrap needs at least 2 resamples, got 1")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    grid = _PreparedGrid(spec, _checked_layers(spec, layers, pairs, dtype), options, states)
+    grid = _PreparedGrid(spec, _checked_layers(spec, layers, pairs, dtype), options, prepared or {})
     results = grid.observed(list(dict.fromkeys(pairs)))
     tick = on_draw or (lambda: None)
     if permutations:
