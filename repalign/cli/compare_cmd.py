@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from repalign.cli._errors import fail
+from repalign.cli._errors import fail, stderr
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def compare_cmd(
     ),
 ) -> None:
     """Score layers of feature files against each other and write a score file."""
-    from repalign.compare import compare
+    from repalign.compare import ComparisonInterrupted, compare
     from repalign.store.outputs import SCORES, check_output_file
     from repalign.store.scores import write_scores
 
@@ -145,6 +145,8 @@ def compare_cmd(
                 align_on_ids=align_on_ids,
                 allow_incomplete=allow_incomplete,
             )
+    except ComparisonInterrupted as stop:
+        raise _save_finished(stop, out) from None
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     try:  # checked again: the file may have appeared while computing
@@ -156,6 +158,36 @@ def compare_cmd(
         f"{scores.sizes['layer_b']} layers over {scores.attrs['n_samples']} samples",
         highlight=False,
     )
+
+
+def _save_finished(stop: Any, out: Path) -> typer.Exit:
+    """Ctrl-C/SIGTERM during compare: write the metrics that finished to a new
+    ``OUT.partial.nc`` (never over a file), say what is left and how to finish."""
+    from rich.markup import escape
+
+    from repalign.store.scores import write_scores
+
+    left = ", ".join(stop.remaining)
+    if stop.finished is None:
+        stderr.print(escape(f"stopped before any metric finished; nothing written (not done: "
+                            f"{left})"), highlight=False)  # fmt: skip
+        return typer.Exit(130)
+    path = out.with_name(f"{out.stem}.partial{out.suffix}")
+    k = 2
+    while path.exists():
+        path, k = out.with_name(f"{out.stem}.partial{k}{out.suffix}"), k + 1
+    write_scores(stop.finished, path)
+    done = ", ".join(str(m) for m in stop.finished["metric"].values)
+    stderr.print(
+        escape(
+            f"stopped: the finished metric(s) {done} are in {path}; not done: {left}. Run "
+            "those with the same options and another --out, then read both with "
+            f"repalign.store.scores.open_scores(['{path}', 'REST.nc']) (it merges them)"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return typer.Exit(130)
 
 
 def _streaming(

@@ -22,7 +22,13 @@ from repalign.compare.layers import (
     load_side,
     select_layers,
 )
-from repalign.compare.pipeline import StatsPairs, compare, provenance_attrs, run_config
+from repalign.compare.pipeline import (
+    ComparisonInterrupted,
+    StatsPairs,
+    compare,
+    provenance_attrs,
+    run_config,
+)
 from repalign.compare.scoring import (
     MetricRequest,
     matched_pairs,
@@ -33,6 +39,7 @@ from repalign.compare.scoring import (
 from repalign.compare.streaming import streaming_compare
 
 __all__ = [
+    "ComparisonInterrupted",
     "MetricRequest",
     "Side",
     "StatsPairs",

@@ -27,6 +27,7 @@ from repalign._numerics import resolve_device
 from repalign.compare.layers import Side, align_sample_ids, load_side
 from repalign.compare.scoring import (
     MetricRequest,
+    ScoringInterrupted,
     matched_pairs,
     metric_scores,
     parse_requests,
@@ -165,20 +166,60 @@ def compare(
         len(ids),
         ", ".join(r.label for r in requests),
     )
-    results = score_layers(
-        xs,
-        ys,
-        requests,
-        permutations=permutations,
-        bootstrap=bootstrap,
-        level=level,
-        seed=seed,
-        stat_cells=matched_pairs(side_a.axis, side_b.axis, same=len(files) == 1)
-        if stats_pairs == "matched"
-        else None,
-        progress=progress,
-    )
-    scored = [metric_scores(req, score, stats) for req, score, stats in results]
+
+    def dataset(results: list[tuple[MetricRequest, np.ndarray, dict[str, np.ndarray]]]):
+        done = [req for req, _, _ in results]
+        scored = [metric_scores(req, score, stats) for req, score, stats in results]
+        return _scores(files, done, scored, side_a, side_b, ids, layers_a, layers_b,
+                       permutations=permutations, bootstrap=bootstrap, level=level, seed=seed,
+                       device=str(dev), align_on_ids=align_on_ids, stats_pairs=stats_pairs)  # fmt: skip
+
+    try:
+        results = score_layers(
+            xs,
+            ys,
+            requests,
+            permutations=permutations,
+            bootstrap=bootstrap,
+            level=level,
+            seed=seed,
+            stat_cells=matched_pairs(side_a.axis, side_b.axis, same=len(files) == 1)
+            if stats_pairs == "matched"
+            else None,
+            progress=progress,
+        )
+    except ScoringInterrupted as stop:
+        finished = dataset(stop.results) if stop.results else None
+        remaining = [r.label for r in requests[len(stop.results) :]]
+        raise ComparisonInterrupted(finished, remaining) from None
+    return dataset(results)
+
+
+class ComparisonInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`compare`. ``finished`` is the score Dataset of the
+    metrics that completed before it (None if none did): complete for those metrics, to be
+    written and later merged with the rest (:func:`repalign.store.scores.open_scores`);
+    ``remaining`` lists the labels of the metrics not done."""
+
+    def __init__(self, finished: xr.Dataset | None, remaining: list[str]) -> None:
+        super().__init__(f"interrupted; not done: {', '.join(remaining)}")
+        self.finished = finished
+        self.remaining = remaining
+
+
+def _scores(
+    files: Sequence[str | os.PathLike[str]],
+    requests: Sequence[MetricRequest],
+    scored: list[Any],
+    side_a: Side,
+    side_b: Side,
+    ids: list[str],
+    layers_a: Sequence[str],
+    layers_b: Sequence[str] | None,
+    **settings: Any,
+) -> xr.Dataset:
+    """The score Dataset of ``scored`` metrics with the run's config (``settings``: the
+    statistics and device options, ``seed`` among them) and provenance."""
     config = run_config(
         [Path(f) for f in files],
         requests,
@@ -186,20 +227,14 @@ def compare(
         side_b.axis,
         layers_a,
         layers_b,
-        permutations=permutations,
-        bootstrap=bootstrap,
-        level=level,
-        seed=seed,
-        device=str(dev),
-        align_on_ids=align_on_ids,
-        stats_pairs=stats_pairs,
+        **settings,
     )
     attrs = provenance_attrs(
         files,
         str(side_a.attrs.get("model", side_a.path.stem)),
         str(side_b.attrs.get("model", side_b.path.stem)),
         ids,
-        seed=seed,
+        seed=settings["seed"],
         config=config,
     )
     return scores_dataset(side_a.axis, side_b.axis, scored, attrs)

@@ -15,7 +15,14 @@ from rich.progress import Progress
 from repalign._progress import task_progress
 from repalign.store.scores import MetricScores, matched_pairs, metric_label
 
-__all__ = ["MetricRequest", "matched_pairs", "metric_scores", "parse_requests", "score_layers"]
+__all__ = [
+    "MetricRequest",
+    "ScoringInterrupted",
+    "matched_pairs",
+    "metric_scores",
+    "parse_requests",
+    "score_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -96,21 +103,55 @@ def score_layers(
     metrics that duplicated samples bias). Statistics are computed for the ``(i, j)`` cells in
     ``stat_cells`` (all cells when ``None``), NaN elsewhere.
     Returns ``(request, score, stats)`` per metric, arrays ``(len(xs), len(ys))``.
+    Ctrl-C (or SIGTERM) raises :class:`ScoringInterrupted` with the metrics finished so far.
     """
     from repalign.metrics import get_metric
-    from repalign.metrics.grid import pairwise_prepared
 
     specs = [get_metric(m.name) for m in metrics]
     for m, spec in zip(metrics, specs, strict=True):
         spec.check_options(dict(m.options))
+    if stat_cells is None:
+        stat_cells = [(i, j) for i in range(len(xs)) for j in range(len(xs if ys is None else ys))]
+    results: list[tuple[MetricRequest, np.ndarray, dict[str, np.ndarray]]] = []
+    try:
+        _score_each(xs, ys, metrics, specs, results, stat_cells, progress=progress,
+                    permutations=permutations, bootstrap=bootstrap, level=level, seed=seed)  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: hand on what is finished
+        raise ScoringInterrupted(results) from None
+    return results
+
+
+class ScoringInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) while scoring; ``results`` holds the metrics that finished
+    before it, as :func:`score_layers` returns them."""
+
+    def __init__(self, results: list[tuple[MetricRequest, np.ndarray, dict[str, np.ndarray]]]):
+        super().__init__(f"interrupted after {len(results)} finished metric(s)")
+        self.results = results
+
+
+def _score_each(
+    xs: Mapping[str, torch.Tensor],
+    ys: Mapping[str, torch.Tensor] | None,
+    metrics: Sequence[MetricRequest],
+    specs: Sequence[Any],
+    results: list[tuple[MetricRequest, np.ndarray, dict[str, np.ndarray]]],
+    stat_cells: Sequence[tuple[int, int]],
+    *,
+    progress: bool,
+    permutations: int,
+    bootstrap: int,
+    level: float,
+    seed: int,
+) -> None:
+    """Append ``(request, score, stats)`` to ``results`` as each metric finishes."""
+    from repalign.metrics.grid import pairwise_prepared
+
     same = ys is None
     names_x = list(xs)
     names_y = names_x if same else list(ys)
     shape = (len(names_x), len(names_y))
-    if stat_cells is None:
-        stat_cells = [(i, j) for i in range(shape[0]) for j in range(shape[1])]
     do_stats = permutations > 0 or bootstrap > 0
-    results = []
     with task_progress(enabled=progress) as bar:
         task = bar.add_task("metrics", total=len(metrics))
         for req, spec in zip(metrics, specs, strict=True):
@@ -132,7 +173,6 @@ def score_layers(
             del states_x, states_y
             results.append((req, score, stats))
             bar.advance(task)
-    return results
 
 
 def _stat_keys(permutations: int, bootstrap: int) -> list[str]:

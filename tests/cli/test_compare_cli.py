@@ -172,3 +172,45 @@ def test_info_on_a_score_file_prints_each_metrics_depth_matched_pairs(tmp_path, 
         score = float(ds.score.sel(layer_a=f"text.layer.{k}", layer_b=f"vision.layer.{k}"))
         assert f"{score:.3f}" in text
     assert "0.1 " in text  # p = 1/10, the floor of 9 permutations
+
+
+@pytest.fixture
+def interrupting_metric():
+    """A metric whose scoring is cut short by Ctrl-C (a KeyboardInterrupt)."""
+    import torch
+
+    from repalign.metrics import _registry, register_metric
+
+    @register_metric(bounds=(0.0, 1.0), reference="test", name="ctrl_c")
+    def ctrl_c(x, y, *, dtype=torch.float64):
+        raise KeyboardInterrupt
+
+    try:
+        yield "ctrl_c"
+    finally:
+        del _registry._METRICS["ctrl_c"]
+
+
+def test_an_interrupted_compare_keeps_the_finished_metrics(tmp_path, feats, interrupting_metric):
+    from repalign.compare import ComparisonInterrupted, compare
+
+    with pytest.raises(ComparisonInterrupted) as stop:
+        compare([feats], ["cka", interrupting_metric, "svcca"], progress=False)
+    assert stop.value.finished.metric.values.tolist() == ["cka"]
+    assert stop.value.remaining == ["ctrl_c", "svcca"]
+    with pytest.raises(ComparisonInterrupted) as stop:
+        compare([feats], [interrupting_metric, "cka"], progress=False)
+    assert stop.value.finished is None
+
+    out = tmp_path / "scores.nc"
+    (tmp_path / "scores.partial.nc").write_text("an earlier partial file: kept")
+    res = _run("compare", feats, "-m", "cka", "--unbiased", "-m", interrupting_metric,
+               "--out", out)  # fmt: skip
+    assert res.exit_code == 130
+    assert not out.exists()
+    partial = tmp_path / "scores.partial2.nc"
+    said = " ".join(res.output.split())
+    assert f"cka[unbiased=true] are in {partial}" in said and "not done: ctrl_c" in said
+    ds = open_scores(partial)
+    assert ds.metric.values.tolist() == ["cka[unbiased=true]"]
+    assert (tmp_path / "scores.partial.nc").read_text() == "an earlier partial file: kept"
