@@ -44,7 +44,9 @@ def select_layers(
     return [info for info in available if info.name in chosen]
 
 
-def _select_output(output: Any, info: LayerInfo) -> torch.Tensor:
+def select_output(output: Any, info: LayerInfo) -> torch.Tensor:
+    """The tensor of a module output that ``info`` records (``output_index`` of a tuple,
+    list or mapping output); TypeError for an output holding no tensor there."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)):
@@ -78,7 +80,7 @@ class Recorder:
             if not self._active:
                 return
             for info in infos:
-                hidden = _select_output(output, info)
+                hidden = select_output(output, info)
                 self._pooled[info.name] = pool(
                     hidden.detach(),
                     self.how,

@@ -225,10 +225,15 @@ class ModuleAdapter(Adapter):
         def count(module: nn.Module, _args: Any) -> None:
             calls[id(module)] = calls.get(id(module), 0) + 1
 
+        from repalign.extract.hooks import select_output
+
         def keep(module: nn.Module, _args: Any, output: Any) -> None:
             for info in self._layers:
                 if by_path[info.module_path] is module and info.name not in shapes:
-                    out = _element(output, info.output_index)
+                    try:
+                        out = select_output(output, info)
+                    except (TypeError, IndexError):  # the extraction run reports it
+                        continue
                     if isinstance(out, torch.Tensor):
                         shapes[info.name] = tuple(out.shape)
 
@@ -295,12 +300,3 @@ class ModuleAdapter(Adapter):
             "checkpoint_sha256": state_sha256(self.model) if self.fingerprint else "",
             "config_json": config_json(config),
         }
-
-
-def _element(output: Any, index: int) -> Any:
-    """The part of a module output a layer reads (as the extractor's hooks take it)."""
-    if isinstance(output, tuple | list):
-        return output[index]
-    if isinstance(output, Mapping):
-        return list(output.values())[index]
-    return output
