@@ -12,11 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, *args: str, cwd: Path) -> str:
+def _run(script: str, *args: str, cwd: Path, timeout: float = 300) -> str:
+    """Run ``benchmarks/SCRIPT ARGS`` on one thread in ``cwd``; its stdout (must exit 0)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     res = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return res.stdout
@@ -41,7 +42,11 @@ def test_data_benchmark_runs_with_workers(tmp_path):
 @pytest.mark.parametrize(
     "script,args,expect",
     [
-        ("metrics.py", ["--quick", "--sections", "perm,gridstats", "--repeat", "1"], "grid statistics"),
+        (
+            "metrics.py",
+            ["--quick", "--sections", "perm,gridstats", "--repeat", "1"],
+            "grid statistics",
+        ),
         ("extract.py", ["--quick"], "writer only"),
         ("scale.py", ["--sizes", "200", "--metrics", "cka,mutual_knn"], "| cka | 200"),
     ],

@@ -1,24 +1,9 @@
 """Smoke runs of the CPU workflow benchmarks (benchmarks/workflow.py, benchmarks/cka_routes.py)
 at tiny sizes; the numbers are not checked here."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(script: str, *args: str, cwd: Path) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    res = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    return res.stdout
+from tests.test_benchmarks import _run
 
 
 def test_cka_routes_benchmark_times_every_route_and_agrees(tmp_path):
@@ -31,5 +16,5 @@ def test_cka_routes_benchmark_times_every_route_and_agrees(tmp_path):
 
 @pytest.mark.slow
 def test_workflow_benchmark_runs_every_step_side_by_side(tmp_path):
-    out = _run("workflow.py", "--n", "48", "--before", "HEAD", cwd=tmp_path)
+    out = _run("workflow.py", "--n", "48", "--before", "HEAD", cwd=tmp_path, timeout=600)
     assert "| plot profile |" in out and out.count("x |") >= 7

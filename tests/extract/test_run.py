@@ -185,7 +185,9 @@ def _image(path: Path, seed: int) -> None:
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
 
 
-def test_unreadable_images_are_skipped_without_shifting_ids(tmp_path):
+def pairs_with_broken_images(tmp_path: Path) -> Path:
+    """``pairs.tsv`` of 6 captioned images: 1 missing, 2 not an image, 3 cut short (its
+    header reads, its pixels do not), 0, 4 and 5 fine."""
     (tmp_path / "img").mkdir()
     for i in (0, 4, 5):
         _image(tmp_path / "img" / f"{i}.png", i)
@@ -195,6 +197,11 @@ def test_unreadable_images_are_skipped_without_shifting_ids(tmp_path):
     (tmp_path / "img" / "3.png").write_bytes(data[: len(data) // 2])  # header fine, pixels cut
     rows = ["caption\timage"] + [f"caption {i}\timg/{i}.png" for i in range(6)]
     (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "pairs.tsv"
+
+
+def test_unreadable_images_are_skipped_without_shifting_ids(tmp_path):
+    pairs_with_broken_images(tmp_path)
 
     dataset = read_captions_tsv(tmp_path / "pairs.tsv")
     assert [s for s, _ in dataset.skipped] == ["0000001", "0000002"]  # found when listing

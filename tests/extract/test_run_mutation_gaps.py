@@ -12,7 +12,7 @@ from repalign.data.synthetic import SyntheticCaptions
 from repalign.extract.run import extract
 from repalign.models.timm_vision import TimmVisionAdapter
 from tests.extract._tiny import tiny_vit
-from tests.extract.test_run import _image, _same_file, _text_adapter
+from tests.extract.test_run import _same_file, _text_adapter, pairs_with_broken_images
 
 
 def _interrupt_on_call(adapter, call: int) -> None:
@@ -31,15 +31,7 @@ def test_resume_after_a_batch_with_skipped_images_gives_the_uninterrupted_file(t
     """Batch 1 holds samples 0 and 3; 3 fails to decode, so 1 row is written but the next
     dataset position is 2. Resuming must start at 2, keep the skipped list of the file
     (1, 2 found when listing, 3 when decoding) and expect only the written ids."""
-    (tmp_path / "img").mkdir()
-    for i in (0, 4, 5):
-        _image(tmp_path / "img" / f"{i}.png", i)
-    (tmp_path / "img" / "2.png").write_bytes(b"not an image")
-    _image(tmp_path / "img" / "3.png", 3)
-    data = (tmp_path / "img" / "3.png").read_bytes()
-    (tmp_path / "img" / "3.png").write_bytes(data[: len(data) // 2])
-    rows = ["caption\timage"] + [f"caption {i}\timg/{i}.png" for i in range(6)]
-    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    pairs_with_broken_images(tmp_path)
     dataset = read_captions_tsv(tmp_path / "pairs.tsv")
     opts = dict(batch_size=2, progress=False, pool="cls")
     extract(TimmVisionAdapter(tiny_vit()), dataset, tmp_path / "full.nc", **opts)
