@@ -95,6 +95,12 @@ def compare_cmd(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Score file to write (netCDF, .nc)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue an interrupted compare: keep the metrics in OUT.partial*.nc, "
+        "compute only the others.",
+    ),
     streaming: bool = typer.Option(
         False,
         "--streaming",
@@ -124,10 +130,20 @@ def compare_cmd(
             )
         check_output_file(out, SCORES, overwrite=overwrite, inputs=files,
                           inputs_are="one of the feature files being compared")  # fmt: skip
+        if resume and streaming:
+            raise ValueError("--resume continues an interrupted compare; --streaming has none")
+        finished, partials = None, []
+        if resume:
+            finished, partials = _finished_part(files, layers_a, layers_b, permutations,
+                                                bootstrap, seed, align_on_ids, stats_pairs, out)  # fmt: skip
+            done = {str(m) for m in finished["metric"].values}
+            requests = [r for r in requests if r.label not in done]
     except (ValueError, TypeError, OSError) as exc:
         raise fail(str(exc)) from None
     try:
-        if streaming:
+        if not requests:  # --resume: every metric had finished
+            scores = finished
+        elif streaming:
             scores = _streaming(files, requests, layers_a, layers_b, chunk_size=chunk_size,
                                 device=device, align_on_ids=align_on_ids,
                                 allow_incomplete=allow_incomplete)  # fmt: skip
@@ -150,14 +166,44 @@ def compare_cmd(
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     try:  # checked again: the file may have appeared while computing
+        if finished is not None and requests:
+            from repalign.store.scores import merge_scores
+
+            scores = merge_scores([finished, scores])
         write_scores(scores, out, overwrite=overwrite)
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None
+    for path in partials:  # merged into --out: no longer needed
+        path.unlink()
     Console().print(
         f"wrote {out}: {scores.sizes['metric']} metric(s) x {scores.sizes['layer_a']} x "
         f"{scores.sizes['layer_b']} layers over {scores.attrs['n_samples']} samples",
         highlight=False,
     )
+
+
+def _finished_part(
+    files: list[Path],
+    layers_a: list[str],
+    layers_b: list[str] | None,
+    permutations: int,
+    bootstrap: int,
+    seed: int,
+    align_on_ids: bool,
+    stats_pairs: str,
+    out: Path,
+) -> tuple[Any, list[Path]]:
+    """``--resume``: the metrics an interrupted run toward ``out`` finished, checked against
+    this run's feature files (by content) and settings."""
+    from repalign.compare.resume import finished_metrics
+    from repalign.provenance import sha256_file
+    from repalign.store.paths import expand_paths
+
+    settings = {"layers_a": list(layers_a), "layers_b": list(layers_b) if layers_b else None,
+                "permutations": permutations, "bootstrap": bootstrap, "level": 0.95,
+                "seed": seed, "align_on_ids": align_on_ids, "stats_pairs": stats_pairs}  # fmt: skip
+    hashes = [sha256_file(p) for f in files for p in expand_paths(f)]
+    return finished_metrics(out, settings, hashes)
 
 
 def _save_finished(stop: Any, out: Path) -> typer.Exit:
@@ -172,17 +218,15 @@ def _save_finished(stop: Any, out: Path) -> typer.Exit:
         stderr.print(escape(f"stopped before any metric finished; nothing written (not done: "
                             f"{left})"), highlight=False)  # fmt: skip
         return typer.Exit(130)
-    path = out.with_name(f"{out.stem}.partial{out.suffix}")
-    k = 2
-    while path.exists():
-        path, k = out.with_name(f"{out.stem}.partial{k}{out.suffix}"), k + 1
+    from repalign.compare.resume import partial_path
+
+    path = partial_path(out)
     write_scores(stop.finished, path)
     done = ", ".join(str(m) for m in stop.finished["metric"].values)
     stderr.print(
         escape(
-            f"stopped: the finished metric(s) {done} are in {path}; not done: {left}. Run "
-            "those with the same options and another --out, then read both with "
-            f"repalign.store.scores.open_scores(['{path}', 'REST.nc']) (it merges them)"
+            f"stopped: the finished metric(s) {done} are in {path}; not done: {left}. Run the "
+            "same command with --resume to compute only those and write --out"
         ),
         highlight=False,
         soft_wrap=True,

@@ -324,6 +324,10 @@ def merge_scores(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
             "label and layer pair (another seed, options or feature file?); plot them "
             "separately, or leave one of them out"
         ) from None
+    for var in merged.variables.values():
+        # the first file's on-disk encoding (e.g. a '<U3' string width for its labels) would
+        # truncate the other runs' longer labels when the merge is written
+        var.encoding = {}
     merged.attrs = dict(datasets[0].attrs)
     merged.attrs.pop("runs_json", None)
     merged.attrs["runs_json"] = json.dumps([dict(r) for r in runs], default=_jsonable)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -181,12 +183,17 @@ def interrupting_metric():
 
     from repalign.metrics import _registry, register_metric
 
+    state = {"interrupt": True}
+
     @register_metric(bounds=(0.0, 1.0), reference="test", name="ctrl_c")
     def ctrl_c(x, y, *, dtype=torch.float64):
-        raise KeyboardInterrupt
+        """Ctrl-C while ``state["interrupt"]``, else 0.5 (a resumed run)."""
+        if state["interrupt"]:
+            raise KeyboardInterrupt
+        return torch.tensor(0.5, dtype=dtype)
 
     try:
-        yield "ctrl_c"
+        yield state
     finally:
         del _registry._METRICS["ctrl_c"]
 
@@ -195,17 +202,12 @@ def test_an_interrupted_compare_keeps_the_finished_metrics(tmp_path, feats, inte
     from repalign.compare import ComparisonInterrupted, compare
 
     with pytest.raises(ComparisonInterrupted) as stop:
-        compare([feats], ["cka", interrupting_metric, "svcca"], progress=False)
+        compare([feats], ["cka", "ctrl_c", "svcca"], progress=False)
     assert stop.value.finished.metric.values.tolist() == ["cka"]
     assert stop.value.remaining == ["ctrl_c", "svcca"]
-    with pytest.raises(ComparisonInterrupted) as stop:
-        compare([feats], [interrupting_metric, "cka"], progress=False)
-    assert stop.value.finished is None
-
     out = tmp_path / "scores.nc"
     (tmp_path / "scores.partial.nc").write_text("an earlier partial file: kept")
-    res = _run("compare", feats, "-m", "cka", "--unbiased", "-m", interrupting_metric,
-               "--out", out)  # fmt: skip
+    res = _run("compare", feats, "-m", "cka", "--unbiased", "-m", "ctrl_c", "--out", out)
     assert res.exit_code == 130
     assert not out.exists()
     partial = tmp_path / "scores.partial2.nc"
@@ -214,3 +216,29 @@ def test_an_interrupted_compare_keeps_the_finished_metrics(tmp_path, feats, inte
     ds = open_scores(partial)
     assert ds.metric.values.tolist() == ["cka[unbiased=true]"]
     assert (tmp_path / "scores.partial.nc").read_text() == "an earlier partial file: kept"
+
+
+def test_resume_computes_only_the_metrics_an_interrupted_compare_left(
+    tmp_path, feats, interrupting_metric
+):
+    out = tmp_path / "scores.nc"
+    args = ["compare", feats, "-m", "cka", "-m", "ctrl_c", "-m", "svcca",
+            "--permutations", "3", "--out", out]  # fmt: skip
+    assert _run(*args).exit_code == 130
+    partial = tmp_path / "scores.partial.nc"
+    assert open_scores(partial).metric.values.tolist() == ["cka"]
+    res = _run(*args, "--seed", "1", "--resume")
+    assert res.exit_code == 2 and "with other seed" in " ".join(res.output.split())
+    interrupting_metric["interrupt"] = False
+    res = _run(*args, "--resume")
+    assert res.exit_code == 0, res.output
+    ds = open_scores(out)
+    assert sorted(ds.metric.values.tolist()) == ["cka", "ctrl_c", "svcca"]
+    assert float(ds.score.sel(metric="ctrl_c").max()) == 0.5
+    assert len(json.loads(ds.attrs["runs_json"])) == 2  # the partial run and the rest
+    assert not partial.exists()  # merged into --out
+
+
+def test_resume_needs_a_partial_file(tmp_path, feats):
+    res = _run("compare", feats, "--out", tmp_path / "s.nc", "--resume")
+    assert res.exit_code == 2 and "no s.partial*.nc" in " ".join(res.output.split())

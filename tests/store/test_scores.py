@@ -125,6 +125,16 @@ def test_merge_two_runs(tmp_path):
     ).score.shape == (2, 3, 2)
 
 
+def test_a_written_merge_keeps_labels_longer_than_the_first_files(tmp_path):
+    write_scores(scores_dataset(A, B, [_metric("cka")], _attrs()), tmp_path / "run1.nc")
+    two = scores_dataset(A, B, [_metric("mutual_knn", 3), _metric("svcca", 4)], _attrs())
+    write_scores(two, tmp_path / "run2.nc")
+    merged = open_scores(tmp_path / "run*.nc")  # run1.nc stores its labels as 3 characters
+    write_scores(merged, tmp_path / "merged.nc")
+    labels = open_scores(tmp_path / "merged.nc").metric.values.tolist()
+    assert sorted(labels) == ["cka", "mutual_knn", "svcca"]
+
+
 def test_merge_conflicting_values_raises():
     one = scores_dataset(A, B, [_metric("cka", 0)])
     two = scores_dataset(A, B, [_metric("cka", 5)])
