@@ -13,6 +13,8 @@ This is the library behind ``repalign compare``::
 - :mod:`~repalign.compare.pipeline`: files in, score Dataset with provenance out;
 - :mod:`~repalign.compare.streaming`: the same for linear CKA and CCA over files larger
   than memory, from streamed moments (``compare --streaming``).
+- :mod:`~repalign.compare.resume`: the metrics an interrupted compare finished
+  (``OUT.partial.nc``), for ``compare --resume``.
 """
 
 from repalign.compare.layers import (
