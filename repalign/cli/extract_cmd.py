@@ -294,12 +294,12 @@ def info(
     with ds:
         a = ds.attrs
         complete = int(a.get("complete", 0)) == 1
-        console.print(f"[bold]{path}[/]  {ds.sizes[schema.SAMPLE_DIM]} samples"
+        console.print(f"[bold]{escape(str(path))}[/]  {ds.sizes[schema.SAMPLE_DIM]} samples"
                       f" of {a.get(schema.N_TOTAL, '?')}, {'complete' if complete else '[red]INCOMPLETE[/] (resume with --resume)'}")  # fmt: skip
         prov = Table(show_header=False, title="provenance")
         for key in ("model", "checkpoint", "checkpoint_sha256", "dataset", "pooling", "compute_dtype",
                     "shard", "created", "repalign_version"):  # fmt: skip
-            prov.add_row(key, str(a.get(key, "")))
+            prov.add_row(key, escape(str(a.get(key, ""))))
         versions = json.loads(a.get("versions_json", "{}"))
         prov.add_row("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
         console.print(prov)
@@ -307,14 +307,14 @@ def info(
         for col in ("name", "shape", "stream", "depth", "relative depth", "module path"):
             table.add_column(col)
         for name, var in ds.data_vars.items():
-            table.add_row(str(name), " x ".join(str(s) for s in var.shape), str(var.attrs.get("stream", "")),
+            table.add_row(escape(str(name)), " x ".join(str(s) for s in var.shape), str(var.attrs.get("stream", "")),
                           str(var.attrs.get("depth", "")), f"{float(var.attrs.get('relative_depth', 0.0)):.3f}",
-                          str(var.attrs.get("module_path", "")) or "concat(" + str(var.attrs.get("sources", "")) + ")")  # fmt: skip
+                          escape(str(var.attrs.get("module_path", "")) or "concat(" + str(var.attrs.get("sources", "")) + ")"))  # fmt: skip
         console.print(table)
         skipped = skipped_samples(ds)
         if skipped:
-            console.print(f"skipped {len(skipped)} sample(s): "
-                          + "; ".join(f"{s} ({r})" for s, r in skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+            console.print(escape(f"skipped {len(skipped)} sample(s): "
+                          + "; ".join(f"{s} ({r})" for s, r in skipped[:5]) + (" ..." if len(skipped) > 5 else "")),
                           highlight=False)  # fmt: skip
 
 
