@@ -54,6 +54,9 @@ from repalign.train.loop import Trainer  # noqa: E402
 from repalign.train.objectives import PretrainModel  # noqa: E402
 from repalign.train.tasks import TASKS  # noqa: E402
 
+#: the rows --rows can pick (cudagraphs: torch.compile's reduce-overhead mode)
+ROWS = ("eager", "towers", "every", "compiled", "cudagraphs")
+
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
@@ -226,18 +229,16 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         default="eager,towers,every,compiled",
-        help="which rows (comma list of eager, towers, every, compiled, cudagraphs); on CPU "
+        help=f"which rows (comma list of {', '.join(ROWS)}); on CPU "
         "towers and every also need --towers / --every-row, the compiled ones need CUDA; "
         "cudagraphs is torch.compile's reduce-overhead mode (CUDA graphs)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     wanted = set(args.rows.split(","))
-    unknown = wanted - {"eager", "towers", "every", "compiled"}
+    unknown = wanted - set(ROWS)
     if unknown:
-        parser.error(
-            f"unknown --rows {sorted(unknown)}; choose from eager, towers, every, compiled"
-        )
+        parser.error(f"unknown --rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.preset = args.preset or ("base" if cuda else "tiny")

@@ -53,3 +53,18 @@ def test_data_benchmark_runs_with_workers(tmp_path):
 )
 def test_metric_and_extraction_benchmarks_run(tmp_path, script, args, expect):
     assert expect in _run(script, *args, cwd=tmp_path)
+
+
+def test_the_gpu_sessions_train_command_lines_parse_and_run_on_cpu(tmp_path):
+    """Every train.py line of gpu_session.sh, with --device cpu: a wrong option would
+    otherwise first show on a lent GPU, where each minute counts."""
+    import shlex
+
+    script = (REPO / "benchmarks" / "gpu_session.sh").read_text().splitlines()
+    lines = [ln for ln in script if "step " in ln and "benchmarks/train.py" in ln]
+    assert lines
+    for line in lines:
+        args = shlex.split(line.split("benchmarks/train.py", 1)[1].replace('"$OUT/', '"'))
+        args[args.index("--device") + 1] = "cpu"
+        out = _run("train.py", *args, "--steps", "1", "--warmup", "1", cwd=tmp_path)
+        assert "steps/s" in out, line
