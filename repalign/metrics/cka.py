@@ -14,6 +14,7 @@ from repalign.metrics._kernels import (
     biased_hsic,
     double_center,
     linear_unbiased_hsic,
+    positive_self_hsic,
     rbf_kernel,
     unbiased_hsic,
     unbiased_hsic_from_parts,
@@ -70,10 +71,10 @@ def _check_kernel_options(kernel: str, unbiased: bool, n: int) -> None:
 
 
 # Route costs in multiply-adds. One element of a gather or of an elementwise pass over an
-# n x n matrix costs about this many GEMM multiply-adds (CPU, float64, one thread: a gather
-# 2.5-18 ns per element at n = 1000-4000, a GEMM 0.04-0.13 ns per multiply-add, depending
-# on n and the machine's load; the chosen route was the fastest, or within 20% of it, in
-# every shape of benchmarks/results/cpu_cka_routes.txt).
+# n x n matrix costs about this many GEMM multiply-adds (CPU, float64, one thread; see the
+# gather, double-centering and GEMM timings at the top of benchmarks/results/
+# cpu_cka_routes.txt; the chosen route was the fastest, or within 20% of it, in every
+# shape measured there).
 _PASS_COST = 64
 
 
@@ -151,11 +152,7 @@ def _cka_prepare(
         else:
             state.centered_kernel = double_center(k)
             state.self_hsic = biased_hsic(state.centered_kernel, state.centered_kernel)
-    if not bool(state.self_hsic > 0):  # checked once per layer, so pairs divide without a sync
-        raise ValueError(
-            "HSIC of an input with itself is not positive (the unbiased estimator can be <= 0 "
-            "for very small n or nearly constant inputs); use more samples or unbiased=False"
-        )
+    positive_self_hsic(state.self_hsic)  # checked once per layer: pairs divide without a sync
     return state
 
 
