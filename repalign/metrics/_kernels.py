@@ -145,3 +145,13 @@ def linear_unbiased_hsic(
     """Unbiased linear HSIC from ‖XᵀY‖²_F and the per-layer parts."""
     trace = cross_sq - torch.dot(a.diag, b.diag)
     return unbiased_hsic_from_parts(trace, a.total, b.total, torch.dot(a.rows, b.rows), n)
+
+
+def positive_self_hsic(h: torch.Tensor) -> torch.Tensor:
+    """``h`` if positive; the unbiased HSIC of a layer with itself can be <= 0 for tiny n."""
+    if not bool(h > 0):
+        raise ValueError(
+            "HSIC of an input with itself is not positive (the unbiased estimator can be <= 0 "
+            "for very small n or nearly constant inputs); use more samples or unbiased=False"
+        )
+    return h

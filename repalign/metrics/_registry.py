@@ -109,6 +109,7 @@ def register_metric(
 
             def own_combine(a: torch.Tensor, b: torch.Tensor, **opts: Any) -> torch.Tensor:
                 return fn(a, b, dtype=a.dtype, **opts)
+
         options = tuple(
             p.name
             for p in inspect.signature(fn).parameters.values()

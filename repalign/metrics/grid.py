@@ -94,7 +94,7 @@ def pairwise_prepared(
 ) -> tuple[torch.Tensor, list[Any], list[Any]]:
     """:func:`pairwise`, also returning the prepared states of ``xs`` and ``ys`` (in order;
     the same list twice when ``ys`` is ``None``), so that statistics on the same layers
-    (:func:`repalign.metrics.stats.pair_statistics` with ``states``) need not prepare
+    (:func:`repalign.metrics.stats.pair_statistics` with ``prepared``) need not prepare
     them again."""
     spec = get_metric(metric)
     spec.check_options(options)

@@ -155,7 +155,12 @@ def pair_statistics(
         raise ValueError("bootstrap needs at least 2 resamples, got 1")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    grid = _PreparedGrid(spec, _checked_layers(spec, layers, pairs, dtype), options, prepared or {})
+    rows = _checked_layers(spec, layers, pairs, dtype)
+    n = next(iter(rows.values())).shape[0]
+    if bootstrap and not spec.duplicates_ok and n // 2 < spec.min_rows + 1:
+        # before any permutation runs: the subsampling interval needs n/2 usable rows
+        raise ValueError(f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}")
+    grid = _PreparedGrid(spec, rows, options, prepared)
     results = grid.observed(list(dict.fromkeys(pairs)))
     tick = on_draw or (lambda: None)
     if permutations:
@@ -267,10 +272,6 @@ class _PreparedGrid:
         spec, n = self.spec, self.n
         subsample = not spec.duplicates_ok
         m = n // 2 if subsample else n
-        if subsample and m < spec.min_rows + 1:
-            raise ValueError(
-                f"subsampling {spec.name} needs n >= {2 * (spec.min_rows + 1)}, got n={n}"
-            )
         boots = {pair: self._empty(n_boot) for pair in results}
         done = dict.fromkeys(results, 0)
         gen = _generator(seed)

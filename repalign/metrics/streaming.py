@@ -27,7 +27,7 @@ from repalign._numerics import (
     check_rows,
     scalar_like,
 )
-from repalign.metrics._kernels import unbiased_hsic_from_parts
+from repalign.metrics._kernels import positive_self_hsic, unbiased_hsic_from_parts
 
 log = logging.getLogger(__name__)
 
@@ -309,17 +309,6 @@ class _MomentAccumulator:
         self._grid._add({("a", "x"): x, ("b", "y"): y})
         return self
 
-    def centered_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """XcᵀXc, YcᵀYc, XcᵀYc of all rows seen, centered on their overall mean."""
-        if self.n < 2:
-            raise ValueError(f"need at least 2 rows before compute(), got {self.n}")
-        mx, my = self._grid.layers[("a", "x")], self._grid.layers[("b", "y")]
-        return (
-            mx.centered(self.n, "x"),
-            my.centered(self.n, "y"),
-            centered_cross(self.n, mx.s, my.s, self._grid.cross[("x", "y")].xy),
-        )
-
 
 def centered_gram(n: int, s: torch.Tensor, g: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     """``XcᵀXc`` from the column sum ``s`` and ``XᵀX`` of ``n`` (shifted) rows.
@@ -412,16 +401,6 @@ class StreamingCKA(_MomentAccumulator):
     def compute(self) -> torch.Tensor:
         """CKA of all rows seen so far, a 0-d tensor on their device."""
         return self._grid.score("cka", "x", "y", unbiased=self.unbiased)
-
-
-def positive_self_hsic(h: torch.Tensor) -> torch.Tensor:
-    """``h`` if positive; the unbiased HSIC of a layer with itself can be <= 0 for tiny n."""
-    if not bool(h > 0):
-        raise ValueError(
-            "HSIC of an input with itself is not positive (the unbiased estimator can be <= 0 "
-            "for very small n or nearly constant inputs); use more samples or unbiased=False"
-        )
-    return h
 
 
 class StreamingCCA(_MomentAccumulator):
