@@ -43,7 +43,7 @@ def finished_metrics(
     of this run's feature files. Raises ValueError when there is nothing to resume or when
     a partial file was computed from other files or with other settings.
     """
-    from repalign.store.scores import open_scores
+    from repalign.store.scores import merge_scores, open_scores
 
     paths = partial_files(out)
     if not paths:
@@ -51,8 +51,9 @@ def finished_metrics(
             f"--resume: no {Path(out).stem}.partial*.nc next to {out} (an interrupted "
             "compare writes one); run without --resume"
         )
-    for path in paths:
-        attrs = open_scores(path).attrs
+    parts = [open_scores(path) for path in paths]  # each read once
+    for path, part in zip(paths, parts, strict=True):
+        attrs = part.attrs
         config = json.loads(attrs.get("config_json", "{}"))
         differ = [k for k in RESUME_KEYS if _plain(config.get(k)) != _plain(settings.get(k))]
         if json.loads(attrs.get("feature_files_sha256", "[]")) != list(files_sha256):
@@ -62,7 +63,7 @@ def finished_metrics(
                 f"--resume: {path} was computed with other {', '.join(differ)}; run with the "
                 "settings it records (`repalign info` shows them) or without --resume"
             )
-    return open_scores(paths), paths
+    return (parts[0] if len(parts) == 1 else merge_scores(parts)), paths
 
 
 def _plain(value: Any) -> Any:

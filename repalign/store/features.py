@@ -214,7 +214,9 @@ def open_features(
         raise ValueError(f"{path} is not a readable netCDF feature file: {exc}") from None
     if schema.SAMPLE_ID not in ds.variables:
         ds.close()
-        if "score" in ds.variables and schema.METRIC_DIM in ds.dims:
+        from repalign.store.scores import holds_scores
+
+        if holds_scores(ds):
             raise ValueError(
                 f"{path} is a score file (written by `repalign compare`), not a feature file: "
                 f"draw it with `repalign plot {path}`, print it with `repalign info {path}`, or "

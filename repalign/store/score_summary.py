@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import xarray as xr
 
-from repalign.store.schema import METRIC_DIM
-from repalign.store.scores import from_one_file, layer_axis, matched_pairs
+from repalign.store.scores import from_one_file, holds_scores, layer_axis, matched_pairs
 
 _NAN = float("nan")
 
@@ -56,6 +55,6 @@ def is_score_file(path: str | os.PathLike[str]) -> bool:
     ``repalign compare`` wrote); False for feature files and anything unreadable."""
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
-            return "score" in ds.variables and METRIC_DIM in ds.dims
+            return holds_scores(ds)
     except (OSError, ValueError):
         return False

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 SCORE_DIMS = (METRIC_DIM, LAYER_A, LAYER_B)
 
 
+def holds_scores(ds: xr.Dataset) -> bool:
+    """Whether ``ds`` is a score Dataset: a ``score`` over (metric, layer_a, layer_b)."""
+    return "score" in ds.variables and set(ds["score"].dims) == set(SCORE_DIMS)
+
+
 @dataclass(frozen=True)
 class LayerAxis:
     """One side of the grid: layer names with their stream and relative depth."""
@@ -273,7 +278,7 @@ def _load_one(path: Path) -> xr.Dataset:
             f"{path} is not a readable netCDF score file ({exc.strerror or exc}); "
             "score files are written by `repalign compare --out NAME.nc`"
         ) from None
-    if "score" not in ds or set(ds["score"].dims) != set(SCORE_DIMS):
+    if not holds_scores(ds):
         raise ValueError(
             f"{path} is not a repalign score file: it needs a variable 'score' over "
             f"{SCORE_DIMS}; feature files go to `repalign compare`, not `repalign plot`"
