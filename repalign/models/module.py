@@ -166,7 +166,8 @@ class ModuleAdapter(Adapter):
         ``repalign extract --model module --vision-model torchvision.models:resnet18
         --model-arg 'layers=["layer1","layer4"]' --model-arg image_size=64 ...``
         """
-        from repalign.models.module_factory import build_from_factory, load_weights
+        from repalign.models.module_factory import build_from_factory
+        from repalign.models.weights import load_weights
 
         if bool(text_model) == bool(vision_model):
             raise ValueError(
@@ -181,8 +182,6 @@ class ModuleAdapter(Adapter):
             load_weights(model, ckpt)
         if layers is None:
             layers = [name for name, _ in model.named_children()]
-        if isinstance(layers, str):
-            layers = [layers]
         options.setdefault("name", f"module:{spec}")
         return cls(model, layers, stream=stream, checkpoint=ckpt or "", **options)
 

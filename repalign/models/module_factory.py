@@ -1,14 +1,12 @@
 """Building a ``ModuleAdapter``'s model from the command line: a ``package.module:callable``
-factory, called with keyword arguments, and optional weights from a file."""
+factory, called with keyword arguments (weights: :mod:`repalign.models.weights`)."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 
@@ -43,39 +41,3 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
             f"model factory {spec!r} returned a {type(model).__name__}, not an nn.Module"
         )
     return model
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict from ``path`` into ``model`` (all keys must fit): a
-    ``.safetensors`` file, or a torch file read with ``weights_only=True`` holding the
-    state dict itself or under ``state_dict`` / ``model``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors of many kinds: say what the file must be
-            raise ValueError(
-                f"cannot read weights from {path} with torch.load(weights_only=True): {exc}; "
-                "give a state dict saved with torch.save or a .safetensors file"
-            ) from None
-    if isinstance(state, Mapping):
-        for key in ("state_dict", "model"):
-            if key in state and isinstance(state[key], Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise ValueError(f"{path} holds no state dict (a mapping of names to tensors)")
-    missing, unexpected = model.load_state_dict(dict(state), strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"weights in {path} do not fit {type(model).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from repalign.cli.main import app
 from repalign.models import ModuleAdapter, get_adapter
-from repalign.models.module_factory import build_from_factory, load_weights
+from repalign.models.module_factory import build_from_factory
+from repalign.models.weights import load_weights
 from repalign.store.features import open_features
 from tests.models.test_module_adapter import TinyCNN
 
@@ -90,3 +91,11 @@ def test_extract_from_the_command_line(tmp_path):
         assert names == ["vision.stem", "vision.stages.0", "vision.stages.1"]
         assert ds.attrs["model"] == f"module:{FACTORY}"
         assert ds["vision.stem"].shape[0] == 12
+
+
+def test_weights_of_other_shapes_are_refused_clearly(tmp_path):
+    state = TinyCNN().state_dict()
+    state["head.weight"] = torch.zeros(3, 3)
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="do not fit TinyCNN"):
+        load_weights(TinyCNN(), tmp_path / "w.pt")

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from repalign.models.vilbert.config import ViLBERTConfig
+from repalign.models.weights import load_state, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,9 @@ def build_vision_tower(
             )
         tower.patch_embed.proj = conv_stem_for(tower)
     if weights is not None and load_weights:
-        state = _read_state_dict(Path(weights))
+        state = read_state_dict(weights)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        missing, unexpected = tower.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"vision weights {weights} do not fit {name or 'the configured ViT'}: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        load_state(tower, state, f"vision weights {weights}")
     return tower
 
 
@@ -128,19 +124,6 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"vision weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return state
 
 
 # ----------------------------------------------------------------------------- fusion
