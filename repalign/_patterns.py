@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from repalign._suggest import did_you_mean
 
@@ -56,6 +57,13 @@ def match_each(
             )
         out.append(hits)
     return out
+
+
+def select(available: Sequence[str], patterns: Sequence[str], **how: Any) -> list[str]:
+    """The names of ``available`` matching any of ``patterns``, in ``available``'s order
+    (:func:`match_each`'s checks and messages; ``how`` are its keyword options)."""
+    chosen = {name for hits in match_each(available, patterns, **how) for name in hits}
+    return [name for name in available if name in chosen]
 
 
 def _dotted_glob(pattern: str) -> str:

@@ -241,7 +241,13 @@ def _score_file_info(path: Path) -> None:
             null = f"{r.null_mean:.3f} ± {r.null_std:.3f}" if r.null_mean == r.null_mean else ""
             p = f"{r.pvalue:.3g}" if r.pvalue == r.pvalue else ""
             table.add_row(
-                r.layer_a, r.layer_b, f"{r.depth:.2f}", f"{r.score:.3f}", interval, null, p
+                escape(r.layer_a),
+                escape(r.layer_b),
+                f"{r.depth:.2f}",
+                f"{r.score:.3f}",
+                escape(interval),
+                null,
+                p,
             )
         console.print(table)
     console.print("draw them: repalign plot " + str(path), highlight=False)

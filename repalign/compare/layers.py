@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from repalign._patterns import match_each
+from repalign._patterns import select
 from repalign.store.schema import SAMPLE_ID, SHARD
 from repalign.store.scores import LayerAxis
 
@@ -38,11 +38,7 @@ def select_layers(available: Sequence[str], patterns: Sequence[str], *, where: s
     expression prefixed ``re:``. A pattern that matches nothing is an error that
     names the closest layers.
     """
-    hits = match_each(
-        available, patterns, where=where, listing="`repalign info FILE` lists them all"
-    )
-    chosen = {name for group in hits for name in group}
-    return [name for name in available if name in chosen]
+    return select(available, patterns, where=where, listing="`repalign info FILE` lists them all")
 
 
 def _layer_variables(ds: xr.Dataset) -> list[str]:

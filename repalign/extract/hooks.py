@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repalign._patterns import match_each
+from repalign._patterns import select
 from repalign.extract.pooling import Pooling, check_pooling, pool
 from repalign.models.base import LayerInfo
 
@@ -39,8 +39,7 @@ def select_layers(
     if not patterns:
         return list(available)
     names = [info.name for info in available]
-    hits = match_each(names, patterns, listing="`repalign layers MODEL` lists them all")
-    chosen = {name for group in hits for name in group}
+    chosen = set(select(names, patterns, listing="`repalign layers MODEL` lists them all"))
     return [info for info in available if info.name in chosen]
 
 

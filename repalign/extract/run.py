@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repalign._numerics import resolve_device
 from repalign._progress import progress_bar
 from repalign._signals import sigterm_as_keyboard_interrupt
 from repalign._tensors import to_device
@@ -238,7 +239,7 @@ def extract(
     def open_new(example: Mapping[str, np.ndarray]) -> FeatureFile:
         return FeatureFile.create(out, layers, example, pooling=how, attrs=attrs)
 
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)  # "auto": CUDA when there is one
     dtype = DTYPES[cfg.dtype]
     adapter.to(device, dtype)
     adapter.model.eval()

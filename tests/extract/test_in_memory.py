@@ -33,3 +33,10 @@ def test_in_memory_features_equal_the_feature_file(tmp_path):
 def test_file_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match="resume applies to feature files"):
         extract_features(_text_adapter(tmp_path), SyntheticCaptions(2), resume=True)
+
+
+def test_device_auto_is_resolved_like_everywhere_else(tmp_path):
+    feats = extract_features(
+        _text_adapter(tmp_path), SyntheticCaptions(3), device="auto", progress=False
+    )
+    assert feats.sizes["sample"] == 3
