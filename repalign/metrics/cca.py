@@ -70,6 +70,12 @@ def _cca_permute(state: CCAState, perm: torch.Tensor) -> CCAState:
     return CCAState(state.xc[perm], state.q[perm])
 
 
+def _basis_permute(state: CCAState, perm: torch.Tensor) -> CCAState:
+    """:func:`_cca_permute` for metrics that read only the basis (cca, svcca): the centered
+    rows, an n x d copy per draw, are kept in their order (only their width is read)."""
+    return CCAState(state.xc, state.q[perm])
+
+
 def _canonical(a: CCAState, b: CCAState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Canonical correlations (descending, min(ra, rb) of them) and the rotations U, V."""
     m = a.q.T @ b.q
@@ -89,7 +95,7 @@ def _cca_combine(a: CCAState, b: CCAState, **_: object) -> torch.Tensor:
     reference="Hotelling 1936, Relations between two sets of variates, Biometrika",
     prepare=_cca_prepare,
     combine=_cca_combine,
-    permute=_cca_permute,
+    permute=_basis_permute,
 )
 def cca(x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     r"""Mean canonical correlation of centered ``x (n, d1)`` and ``y (n, d2)``.
@@ -144,7 +150,7 @@ def _svcca_prepare(x: torch.Tensor, *, keep: float | int = 0.99) -> CCAState:
     reference="Raghu et al. 2017, SVCCA: Singular Vector Canonical Correlation Analysis, NeurIPS",
     prepare=_svcca_prepare,
     combine=_cca_combine,
-    permute=_cca_permute,
+    permute=_basis_permute,
     # duplicated rows shrink the spread of singular values, so `keep` selects other directions
     duplicates_ok=False,
 )
