@@ -247,6 +247,9 @@ class GridMoments:
         out = np.empty((len(self.names_a), len(self.names_b)))
         for i, a in enumerate(self.names_a):
             for j, b in enumerate(self.names_b):
+                if self.same and j < i:  # both metrics are symmetric: the mirror cell
+                    out[i, j] = out[j, i]
+                    continue
                 ta, tb = term("a", a), term(self._side_b, b)
                 out[i, j] = float(self._pair_score(kind, a, b, ta, tb))
         return out
