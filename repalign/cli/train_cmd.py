@@ -244,8 +244,6 @@ def cache(
     from repalign.data.loading import load_dataset
 
     try:
-        if out.exists() and not out.is_dir():
-            raise FileExistsError(f"--out {out} is a file; the cache is a folder: give a new one")
         dataset = load_dataset(data, images=images, image_size=size)
         path = build_cache(dataset, out, size=size, source=data)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -80,6 +80,8 @@ def build_cache(
 ) -> Path:
     """Write the cache of ``dataset`` at ``out`` (skipped if a matching one exists)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; the cache is a folder: give a new one")
     header_path = out / HEADER
     if header_path.is_file():
         header = json.loads(header_path.read_text())

@@ -120,3 +120,11 @@ def test_empty_cache_from_an_older_build_is_a_clear_error(tmp_path):
     # building with the same settings must not reuse it as a finished cache
     with pytest.raises(ValueError, match="holds no images"):
         build_cache(SyntheticCaptions(4, image_size=16), tmp_path / "c", size=16, progress=False)
+
+
+def test_build_cache_leaves_a_file_named_as_out_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me\n")
+    with pytest.raises(FileExistsError, match="is a file; the cache is a folder"):
+        build_cache(SyntheticCaptions(2), target, size=16, progress=False)
+    assert target.read_text() == "keep me\n"
