@@ -97,17 +97,18 @@ def run(argv: list[str], pythonpath: Path, cwd: Path) -> tuple[float, float, flo
     """Wall s, CPU s (user + system), peak RSS MiB and return code of one child process."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        sys.stderr.write(proc.stderr.read().decode(errors="replace")[-3000:])
-    proc.stderr.close()
+    # stderr to a file, not a pipe: a pipe read only after wait4 blocks a chatty child
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            err.seek(0)
+            sys.stderr.write(err.read().decode(errors="replace")[-3000:])
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, code
 
 
