@@ -110,6 +110,29 @@ def require_texts(samples: Sequence[Sample], who: str) -> list[str]:
     return texts  # type: ignore[return-value]
 
 
+def accepted_inputs(forward: Any) -> set[str] | None:
+    """The keyword inputs ``forward`` names; None (take every input) when it names none
+    and takes ``**kwargs``. A transformers forward names its inputs and keeps ``**kwargs``
+    for attention options, so DistilBERT still gets no ``token_type_ids``."""
+    params = inspect.signature(forward).parameters.values()
+    named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if not named and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return named
+
+
+def tokenize_captions(
+    tokenizer: Any, samples: Sequence[Sample], max_length: int, lock: Any, who: str
+) -> Any:
+    """The samples' captions tokenised (padded, truncated to ``max_length``, tensors) while
+    holding ``lock``: fast tokenizers fail when called from several threads at once."""
+    texts = require_texts(samples, who)
+    with lock:
+        return tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+
+
 @register_adapter
 class HFTextAdapter(Adapter):
     """A transformers encoder and its tokenizer."""
@@ -129,7 +152,7 @@ class HFTextAdapter(Adapter):
         # fast tokenizers are not safe to call from several threads at once ("Already borrowed")
         self._tokenizer_lock = threading.Lock()
         # tokenizers may return inputs the model does not take (token_type_ids for DistilBERT)
-        self._accepts = set(inspect.signature(model.forward).parameters)
+        self._accepts = accepted_inputs(model.forward)
 
     @classmethod
     def load(
@@ -177,16 +200,10 @@ class HFTextAdapter(Adapter):
         return list(self._layers)
 
     def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
-        texts = require_texts(samples, self.name)
-        with self._tokenizer_lock:
-            enc = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        return {k: v for k, v in enc.items() if k in self._accepts}
+        enc = tokenize_captions(
+            self.tokenizer, samples, self.max_length, self._tokenizer_lock, self.name
+        )
+        return {k: v for k, v in enc.items() if self._accepts is None or k in self._accepts}
 
     def provenance(self) -> dict[str, str]:
         config = getattr(self.model, "config", None)

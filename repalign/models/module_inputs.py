@@ -7,7 +7,6 @@ text padding mask when the model itself does not take it.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -16,7 +15,6 @@ import torch
 from torch import nn
 
 from repalign.data.base import Sample
-from repalign.models.hf import require_texts
 from repalign.models.timm_vision import collate_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,21 +77,16 @@ def tokenizer_collate(
     tokenizer: Any, max_length: int, who: str, forward: Callable[..., Any] | None
 ) -> Collate:
     """Captions tokenised (padded, truncated to ``max_length``) as keyword inputs; those
-    ``forward``'s signature does not name are dropped (all kept when it takes ``**kwargs``
-    or is ``None``), and the attention mask always masks the pooling."""
-    accepts: set[str] | None = None
-    if forward is not None:
-        params = inspect.signature(forward).parameters.values()
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            accepts = {p.name for p in params}
-    lock = threading.Lock()  # fast tokenizers fail when called from several threads at once
+    ``forward`` does not name are dropped (all kept when it names none but takes ``**kwargs``,
+    or is ``None``: :func:`repalign.models.hf.accepted_inputs`), and the attention mask
+    always masks the pooling."""
+    from repalign.models.hf import accepted_inputs, tokenize_captions
+
+    accepts = None if forward is None else accepted_inputs(forward)
+    lock = threading.Lock()
 
     def collate(samples: Sequence[Sample]) -> dict[str, Any]:
-        texts = require_texts(samples, who)
-        with lock:
-            enc = tokenizer(
-                texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
+        enc = tokenize_captions(tokenizer, samples, max_length, lock, who)
         kwargs = {k: v for k, v in enc.items() if accepts is None or k in accepts}
         return {"args": (), "kwargs": kwargs, "mask": enc.get("attention_mask")}
 
