@@ -21,6 +21,7 @@ from repalign.store.score_summary import MatchedRow, matched_rows
 #: the metric the summary's headline sentences are about
 HEADLINE = "cka[unbiased=true]"
 
+
 def _fmt(v: float) -> str:
     return "n/a" if not np.isfinite(v) else f"{v:.3f}"
 
